@@ -1,0 +1,278 @@
+"""One decoder for the Qwen2 / Qwen2.5, Llama 3 / SmolLM2 and Qwen3 families, as pure functions over a params pytree.
+
+Tensor names carry their shape as a suffix, one letter per axis:
+  B batch, T query positions, S key positions (cache slots), D hidden, F MLP hidden, V vocab,
+  L layers, N query heads, K key/value heads, G query heads per kv head (N = K * G), H head dim.
+
+Params are a plain nested dict of arrays. Layers are always stored stacked on a leading L axis, so `scan_layers`
+only changes how the forward is compiled (one scanned body: compile time flat in depth; or an unrolled loop), never
+the checkpoint layout. Every parameter has logical axis names (`logical_axes`) that the sharding rules map to mesh
+axes. The model has no hidden state: the KV cache is an explicit input and output.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparkjax.models.config import ModelConfig
+
+Params = dict[str, Any]
+
+
+class ParamSpec(NamedTuple):
+  shape: tuple[int, ...]
+  axes: tuple[str | None, ...]
+  init: str  # "normal" | "ones" | "zeros"
+
+
+class KVCache(NamedTuple):
+  """Preallocated attention cache; slot s of row b holds a key iff valid_BS[b, s]."""
+
+  k_LBSKH: jax.Array
+  v_LBSKH: jax.Array
+  valid_BS: jax.Array
+
+
+def param_specs(cfg: ModelConfig) -> Params:
+  """Shapes, logical axes and initialiser of every parameter (the single source of the param layout)."""
+  L, D, F, V = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+  N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  layer = {
+      "attn_norm": ParamSpec((L, D), ("layers", "norm"), "ones"),
+      "q_proj": {"kernel": ParamSpec((L, D, N, H), ("layers", "embed", "heads", "head_dim"), "normal")},
+      "k_proj": {"kernel": ParamSpec((L, D, K, H), ("layers", "embed", "kv_heads", "head_dim"), "normal")},
+      "v_proj": {"kernel": ParamSpec((L, D, K, H), ("layers", "embed", "kv_heads", "head_dim"), "normal")},
+      "o_proj": {"kernel": ParamSpec((L, N, H, D), ("layers", "heads", "head_dim", "embed"), "normal")},
+      "mlp_norm": ParamSpec((L, D), ("layers", "norm"), "ones"),
+      "gate_proj": {"kernel": ParamSpec((L, D, F), ("layers", "embed", "mlp"), "normal")},
+      "up_proj": {"kernel": ParamSpec((L, D, F), ("layers", "embed", "mlp"), "normal")},
+      "down_proj": {"kernel": ParamSpec((L, F, D), ("layers", "mlp", "embed"), "normal")},
+  }
+  if cfg.qkv_bias:
+    layer["q_proj"]["bias"] = ParamSpec((L, N, H), ("layers", "heads", "head_dim"), "zeros")
+    layer["k_proj"]["bias"] = ParamSpec((L, K, H), ("layers", "kv_heads", "head_dim"), "zeros")
+    layer["v_proj"]["bias"] = ParamSpec((L, K, H), ("layers", "kv_heads", "head_dim"), "zeros")
+  if cfg.qk_norm:
+    layer["q_norm"] = ParamSpec((L, H), ("layers", "head_dim"), "ones")
+    layer["k_norm"] = ParamSpec((L, H), ("layers", "head_dim"), "ones")
+  specs = {
+      "embed": ParamSpec((V, D), ("vocab", "embed"), "normal"),
+      "layers": layer,
+      "final_norm": ParamSpec((D,), ("norm",), "ones"),
+  }
+  if not cfg.tie_embeddings:
+    specs["lm_head"] = ParamSpec((D, V), ("embed", "vocab"), "normal")
+  return specs
+
+
+def _is_spec(x) -> bool:
+  return isinstance(x, ParamSpec)
+
+
+def logical_axes(cfg: ModelConfig) -> Params:
+  """Pytree (same structure as params) of logical axis-name tuples."""
+  return jax.tree.map(lambda s: s.axes, param_specs(cfg), is_leaf=_is_spec)
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+  """Pytree of `jax.ShapeDtypeStruct`: the params without allocating them."""
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, cfg.pdtype), param_specs(cfg), is_leaf=_is_spec)
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, std: float = 0.02) -> Params:
+  """Random params: N(0, std) matrices, unit norm scales, zero biases (HF's init)."""
+  specs, treedef = jax.tree.flatten(param_specs(cfg), is_leaf=_is_spec)
+  keys = jax.random.split(rng, len(specs))
+  leaves = []
+  for spec, key in zip(specs, keys):
+    if spec.init == "normal":
+      leaves.append((std * jax.random.normal(key, spec.shape, jnp.float32)).astype(cfg.pdtype))
+    elif spec.init == "ones":
+      leaves.append(jnp.ones(spec.shape, cfg.pdtype))
+    else:
+      leaves.append(jnp.zeros(spec.shape, cfg.pdtype))
+  return jax.tree.unflatten(treedef, leaves)
+
+
+# ---- building blocks ---------------------------------------------------------------------------------------------
+
+
+def rms_norm(x, scale, eps: float):
+  """y = x / sqrt(mean(x^2) + eps) * scale, reduced in float32 (as HF does)."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (scale.astype(jnp.float32) * y).astype(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
+  """Inverse frequencies [H/2], theta^(-2i/H), with Llama-3 scaling of the low frequencies if configured."""
+  H = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (np.arange(0, H, 2, dtype=np.float64) / H))
+  rs = cfg.rope_scaling
+  if rs is not None:
+    low_wl = rs.original_max_position_embeddings / rs.low_freq_factor
+    high_wl = rs.original_max_position_embeddings / rs.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_wl, inv / rs.factor, inv)
+    smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (
+        rs.high_freq_factor - rs.low_freq_factor)
+    medium = (wavelen >= high_wl) & (wavelen <= low_wl)
+    inv = np.where(medium, (1 - smooth) * scaled / rs.factor + smooth * scaled, scaled)
+  return inv.astype(np.float32)
+
+
+def apply_rope(x_BTNH, positions_BT, inv_freq):
+  """Rotates halves (HF's rotate_half layout): [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]."""
+  angles_BTh = positions_BT[..., None].astype(jnp.float32) * inv_freq
+  cos = jnp.cos(angles_BTh)[:, :, None, :]
+  sin = jnp.sin(angles_BTh)[:, :, None, :]
+  x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BTNH.dtype)
+
+
+def _proj(x, p, eq, dtype):
+  y = jnp.einsum(eq, x, p["kernel"].astype(dtype))
+  if "bias" in p:
+    y = y + p["bias"].astype(dtype)
+  return y
+
+
+def attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
+  """softmax(q k^T / sqrt(H) + mask) v with grouped-query heads; scores and softmax in float32."""
+  B, T, N, H = q_BTNH.shape
+  K = k_BSKH.shape[2]
+  q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+  scores = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32)
+  scores = scores / math.sqrt(H)
+  # A finite fill keeps rows with no visible key (left padding) at a uniform softmax instead of NaN.
+  scores = jnp.where(mask_BTS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKH.dtype)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs, v_BSKH)
+  return out.reshape(B, T, N, H)
+
+
+def _layer(cfg: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, kv=None, cache_index=None):
+  """One pre-norm block. With `kv` = (k_BSKH, v_BSKH) the new keys are written at `cache_index` and returned."""
+  dt = cfg.dtype
+  h = rms_norm(x_BTD, lp["attn_norm"], cfg.rms_norm_eps)
+  q = _proj(h, lp["q_proj"], "btd,dnh->btnh", dt)
+  k = _proj(h, lp["k_proj"], "btd,dkh->btkh", dt)
+  v = _proj(h, lp["v_proj"], "btd,dkh->btkh", dt)
+  if cfg.qk_norm:
+    q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
+    k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
+  q = apply_rope(q, positions_BT, inv_freq)
+  k = apply_rope(k, positions_BT, inv_freq)
+  if kv is not None:
+    k_cache, v_cache = kv
+    k_all = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, cache_index, 0, 0))
+    v_all = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, cache_index, 0, 0))
+    attn = attention(q, k_all.astype(dt), v_all.astype(dt), mask_BTS)
+  else:
+    attn = attention(q, k, v, mask_BTS)
+  x_BTD = x_BTD + jnp.einsum("btnh,nhd->btd", attn, lp["o_proj"]["kernel"].astype(dt))
+  h = rms_norm(x_BTD, lp["mlp_norm"], cfg.rms_norm_eps)
+  gate = jnp.einsum("btd,df->btf", h, lp["gate_proj"]["kernel"].astype(dt))
+  up = jnp.einsum("btd,df->btf", h, lp["up_proj"]["kernel"].astype(dt))
+  x_BTD = x_BTD + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, lp["down_proj"]["kernel"].astype(dt))
+  return x_BTD, (k, v)
+
+
+def _maybe_remat(cfg: ModelConfig, fn):
+  return jax.checkpoint(fn, prevent_cse=not cfg.scan_layers) if cfg.remat else fn
+
+
+# ---- the decoder ---------------------------------------------------------------------------------------------------
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
+  """An empty cache of `length` slots per row ([L, B, S, K, H] keys and values)."""
+  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+  dtype = dtype or cfg.dtype
+  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, length), bool))
+
+
+def decode(params: Params, cfg: ModelConfig, tokens_BT, positions_BT=None, mask_BT=None,
+           cache: KVCache | None = None, cache_index=None):
+  """Runs the decoder and returns (hidden_BTD after the final norm, cache).
+
+  tokens_BT: int token ids. positions_BT: rope positions (default 0..T-1). mask_BT: True for real tokens (default
+  all); padded tokens are never attended to. Without a cache attention is causal over the T tokens. With a cache
+  the T tokens are written to slots [cache_index, cache_index + T) of every row and attend causally to every valid
+  slot before them; the updated cache is returned.
+  """
+  B, T = tokens_BT.shape
+  if mask_BT is None:
+    mask_BT = jnp.ones((B, T), bool)
+  if positions_BT is None:
+    positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  inv_freq = jnp.asarray(rope_frequencies(cfg))
+  x = jnp.take(params["embed"], tokens_BT, axis=0).astype(cfg.dtype)
+
+  if cache is None:
+    causal_TS = jnp.tril(jnp.ones((T, T), bool))
+    mask_BTS = causal_TS[None] & mask_BT[:, None, :]
+
+    def body(x, lp):
+      x, _ = _layer(cfg, inv_freq, x, lp, positions_BT, mask_BTS)
+      return x, None
+
+    body = _maybe_remat(cfg, body)
+    if cfg.scan_layers:
+      x, _ = jax.lax.scan(body, x, params["layers"])
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = body(x, jax.tree.map(lambda a: a[i], params["layers"]))
+    return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), None
+
+  S = cache.valid_BS.shape[1]
+  cache_index = jnp.asarray(cache_index, jnp.int32)
+  valid_BS = jax.lax.dynamic_update_slice(cache.valid_BS, mask_BT, (0, cache_index))
+  slot_TS = jnp.arange(S)[None, :] <= (cache_index + jnp.arange(T))[:, None]
+  mask_BTS = slot_TS[None] & valid_BS[:, None, :]
+
+  def body(carry, lp_i):
+    x, k_all, v_all = carry
+    lp, i = lp_i
+    kv = (k_all[i], v_all[i])
+    x, (k, v) = _layer(cfg, inv_freq, x, lp, positions_BT, mask_BTS, kv, cache_index)
+    # Only the T new slots of layer i are written, so the (donated) cache is updated in place.
+    k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (i, 0, cache_index, 0, 0))
+    v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (i, 0, cache_index, 0, 0))
+    return (x, k_all, v_all), None
+
+  body = _maybe_remat(cfg, body)
+  carry = (x, cache.k_LBSKH, cache.v_LBSKH)
+  if cfg.scan_layers:
+    carry, _ = jax.lax.scan(body, carry, (params["layers"], jnp.arange(cfg.num_layers)))
+  else:
+    for i in range(cfg.num_layers):
+      carry, _ = body(carry, (jax.tree.map(lambda a: a[i], params["layers"]), i))
+  x, k_all, v_all = carry
+  return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), KVCache(k_all, v_all, valid_BS)
+
+
+def unembed(params: Params, cfg: ModelConfig, hidden_BTD):
+  """Logits [B, T, V] in float32 from final hidden states (tied embeddings use embed^T)."""
+  if cfg.tie_embeddings:
+    return jnp.einsum("btd,vd->btv", hidden_BTD, params["embed"].astype(cfg.dtype),
+                      preferred_element_type=jnp.float32)
+  return jnp.einsum("btd,dv->btv", hidden_BTD, params["lm_head"].astype(cfg.dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def forward(params: Params, cfg: ModelConfig, tokens_BT, positions_BT=None, mask_BT=None):
+  """Full causal forward: logits [B, T, V] float32 (see `decode` for the arguments)."""
+  hidden, _ = decode(params, cfg, tokens_BT, positions_BT, mask_BT)
+  return unembed(params, cfg, hidden)
+
+
+def positions_from_mask(mask_BT):
+  """Rope positions that skip padding: position = number of real tokens before this one (left padding safe)."""
+  return jnp.maximum(jnp.cumsum(mask_BT.astype(jnp.int32), axis=1) - 1, 0)
