@@ -1,0 +1,208 @@
+"""Batched, jitted sampling: one prefill per prompt, then a `lax.while_loop` decode over a preallocated KV cache.
+
+Layout: prompts are left-padded to a bucket length P so every row's next token goes to the same cache slot; rope
+positions skip the padding. G samples of a prompt share its single prefill (the cache rows are repeated after it).
+Row r = b * G + g draws its token at step t with `fold_in(key[b, g], t)`, so a sample depends only on its own key:
+G samples in one call equal G calls with one sample each and the same keys.
+
+The returned log-probs are log softmax(logits / T) of the sampled tokens (the unfiltered, temperature-scaled policy
+that GRPO's importance ratio is computed against); with T = 0 (greedy) they are log softmax(logits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparkjax.models import transformer
+from sparkjax.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """Static sampling settings (hashable: one compiled program per distinct value)."""
+
+  max_new_tokens: int = 64
+  temperature: float = 1.0  # 0 = greedy
+  top_k: int = 0  # 0 = off
+  top_p: float = 1.0  # 1 = off
+  num_samples: int = 1  # G completions per prompt
+  stop_tokens: tuple[int, ...] = ()
+  pad_id: int = 0
+
+  def __post_init__(self):
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p={self.top_p}: expected a value in (0, 1]")
+    if self.temperature < 0:
+      raise ValueError(f"temperature={self.temperature}: expected >= 0 (0 = greedy)")
+    if self.top_k < 0:
+      raise ValueError(f"top_k={self.top_k}: expected >= 0 (0 = off)")
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={self.max_new_tokens}: expected >= 1")
+    if self.num_samples < 1:
+      raise ValueError(f"num_samples={self.num_samples}: expected >= 1")
+
+
+class SampleOutput(NamedTuple):
+  """Completions of B prompts x G samples, rows ordered b * G + g."""
+
+  tokens: jax.Array  # [B*G, max_new_tokens] int32; pad_id after a row's stop token
+  logprobs: jax.Array  # [B*G, max_new_tokens] float32; 0 at padding
+  lengths: jax.Array  # [B*G] int32 generated tokens, stop token included
+  finished: jax.Array  # [B*G] bool: the row emitted a stop token
+
+
+def filter_logits(logits_BV, top_k: int = 0, top_p: float = 1.0):
+  """Sets to -inf every logit outside the top-k and outside the top-p nucleus.
+
+  Nucleus: the smallest set of most likely tokens whose probability sums to >= top_p (the most likely token is
+  always kept). Implemented as a per-row logit threshold, so ties at the threshold are kept.
+  """
+  neg_inf = jnp.finfo(logits_BV.dtype).min
+  if top_k > 0:
+    kth = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+    logits_BV = jnp.where(logits_BV < kth, neg_inf, logits_BV)
+  if top_p < 1.0:
+    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_BV, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = mass_before < top_p
+    threshold = jnp.min(jnp.where(keep, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+    logits_BV = jnp.where(logits_BV < threshold, neg_inf, logits_BV)
+  return logits_BV
+
+
+def _choose(logits_BV, keys_B, step, sp: SamplingParams):
+  """Next tokens [B] and their log-probs [B] (see the module docstring for which distribution)."""
+  if sp.temperature == 0:
+    tok = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    logp = jax.nn.log_softmax(logits_BV, axis=-1)
+  else:
+    scaled = logits_BV / sp.temperature
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+    filtered = filter_logits(scaled, sp.top_k, sp.top_p)
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys_B)
+    tok = jax.vmap(jax.random.categorical)(step_keys, filtered).astype(jnp.int32)
+  return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+
+
+def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelConfig, sp: SamplingParams,
+                     cache_len: int | None = None) -> SampleOutput:
+  """Samples G = keys_BG.shape[1] completions per prompt (pure; jit with cfg, sp, cache_len static).
+
+  prompt_BP: int32 prompt tokens, left-padded; prompt_mask_BP: True on real tokens. Each row needs >= 1 token.
+  The KV cache holds P + max_new_tokens slots (or `cache_len` if larger).
+  """
+  B, P = prompt_BP.shape
+  G = keys_BG.shape[1]
+  T = sp.max_new_tokens
+  S = max(P + T, cache_len or 0)
+  stop = jnp.asarray(sp.stop_tokens or (-1,), jnp.int32)
+
+  # Prefill once per prompt, then give each of the G samples its own copy of the cache row.
+  cache = transformer.init_cache(cfg, B, S)
+  positions = transformer.positions_from_mask(prompt_mask_BP)
+  hidden, cache = transformer.decode(params, cfg, prompt_BP, positions, prompt_mask_BP, cache, 0)
+  logits = transformer.unembed(params, cfg, hidden[:, -1:])[:, 0]
+  if G > 1:
+    cache = transformer.KVCache(jnp.repeat(cache.k_LBSKH, G, axis=1), jnp.repeat(cache.v_LBSKH, G, axis=1),
+                                jnp.repeat(cache.valid_BS, G, axis=0))
+    logits = jnp.repeat(logits, G, axis=0)
+  keys = keys_BG.reshape(B * G)
+  next_pos = jnp.repeat(jnp.sum(prompt_mask_BP, axis=1).astype(jnp.int32), G)
+
+  tok, logp = _choose(logits, keys, 0, sp)
+  done = jnp.isin(tok, stop)
+  out_tok = jnp.full((B * G, T), sp.pad_id, jnp.int32).at[:, 0].set(tok)
+  out_logp = jnp.zeros((B * G, T), jnp.float32).at[:, 0].set(logp)
+  lengths = jnp.ones((B * G,), jnp.int32)
+
+  def cond(state):
+    t, _, _, done, *_ = state
+    return (t < T) & ~jnp.all(done)
+
+  def body(state):
+    t, cache, tok, done, out_tok, out_logp, lengths = state
+    hidden, cache = transformer.decode(params, cfg, tok[:, None], (next_pos + t - 1)[:, None], None, cache,
+                                       P + t - 1)
+    logits = transformer.unembed(params, cfg, hidden)[:, 0]
+    new_tok, new_logp = _choose(logits, keys, t, sp)
+    new_tok = jnp.where(done, sp.pad_id, new_tok)
+    new_logp = jnp.where(done, 0.0, new_logp)
+    out_tok = jax.lax.dynamic_update_slice(out_tok, new_tok[:, None], (0, t))
+    out_logp = jax.lax.dynamic_update_slice(out_logp, new_logp[:, None], (0, t))
+    lengths = lengths + (~done).astype(jnp.int32)
+    done = done | jnp.isin(new_tok, stop)
+    return t + 1, cache, new_tok, done, out_tok, out_logp, lengths
+
+  state = (jnp.int32(1), cache, tok, done, out_tok, out_logp, lengths)
+  _, _, _, done, out_tok, out_logp, lengths = jax.lax.while_loop(cond, body, state)
+  return SampleOutput(out_tok, out_logp, lengths, done)
+
+
+def sample(params, prompt_BP, prompt_mask_BP, rng, *, cfg: ModelConfig, sp: SamplingParams,
+           cache_len: int | None = None) -> SampleOutput:
+  """`sample_with_keys` with per-sample keys split from one PRNG key: keys[b, g] = split(rng, B * G)[b * G + g]."""
+  B = prompt_BP.shape[0]
+  keys = jax.random.split(rng, B * sp.num_samples).reshape(B, sp.num_samples)
+  return sample_with_keys(params, prompt_BP, prompt_mask_BP, keys, cfg=cfg, sp=sp, cache_len=cache_len)
+
+
+sample_jit = jax.jit(sample, static_argnames=("cfg", "sp", "cache_len"))
+sample_with_keys_jit = jax.jit(sample_with_keys, static_argnames=("cfg", "sp", "cache_len"))
+
+
+def bucket_length(n: int, minimum: int = 16) -> int:
+  """Smallest power of two >= n (and >= minimum), so prompt lengths share few compiled shapes."""
+  b = minimum
+  while b < n:
+    b *= 2
+  return b
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, length: int | None = None):
+  """Left-pads token lists to one bucketed length: (tokens_BP int32, mask_BP bool) as numpy arrays."""
+  if not prompts:
+    raise ValueError("no prompts given")
+  longest = max(len(p) for p in prompts)
+  if min(len(p) for p in prompts) == 0:
+    raise ValueError("every prompt needs at least one token; got an empty prompt")
+  P = length or bucket_length(longest)
+  if longest > P:
+    raise ValueError(f"prompt of {longest} tokens is longer than the padded length {P}")
+  tokens = np.full((len(prompts), P), pad_id, np.int32)
+  mask = np.zeros((len(prompts), P), bool)
+  for i, p in enumerate(prompts):
+    tokens[i, P - len(p):] = p
+    mask[i, P - len(p):] = True
+  return tokens, mask
+
+
+def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], rng, sp: SamplingParams,
+             max_len: int | None = None) -> list[list[dict]]:
+  """Host convenience: token lists in, per prompt a list of G dicts {tokens, logprobs, finished} out.
+
+  max_len: the most tokens (prompt + completion) a row may hold; default `cfg.max_position_embeddings`.
+  """
+  max_len = max_len or cfg.max_position_embeddings
+  longest = max((len(p) for p in prompts), default=0)
+  if longest + sp.max_new_tokens > max_len:
+    raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={sp.max_new_tokens} exceeds the cache "
+                     f"length {max_len}; shorten the prompt or lower max_new_tokens")
+  tokens, mask = pad_prompts(prompts, sp.pad_id, min(bucket_length(longest), max_len - sp.max_new_tokens))
+  out = jax.device_get(sample_jit(params, tokens, mask, rng, cfg=cfg, sp=sp))
+  G = sp.num_samples
+  results = []
+  for b in range(len(prompts)):
+    rows = []
+    for g in range(G):
+      r = b * G + g
+      n = int(out.lengths[r])
+      rows.append(dict(tokens=out.tokens[r, :n].tolist(), logprobs=out.logprobs[r, :n].tolist(),
+                       finished=bool(out.finished[r])))
+    results.append(rows)
+  return results
