@@ -1,0 +1,35 @@
+"""Entry point: `python -m sparkjax.main --config=configs/X.py[:args] [--config.a.b=v ...] --workdir=DIR`.
+
+It only wires a config to its pipeline; each pipeline module reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from sparkjax.config_args import parse_flags
+
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "generate.py")
+PIPELINES = {"generate": "sparkjax.pipelines.generate"}
+
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file (configs/*.py[:args]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and logs.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  if config.pipeline not in PIPELINES:
+    sys.exit(f"config field pipeline={config.pipeline!r} is not known; known: {', '.join(PIPELINES)}")
+  importlib.import_module(PIPELINES[config.pipeline]).run(config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

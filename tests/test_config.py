@@ -1,0 +1,47 @@
+"""Configs are code: typed `:key=value` args, locked configs, and readable override errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparkjax.config_args import parse_arg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_parse_arg_types():
+  c = parse_arg("num_prompts=3,runlocal,name=x", runlocal=False, num_prompts=8, name=None, t=0.5)
+  assert c.num_prompts == 3 and c.runlocal is True and c.name == "x" and c.t == 0.5
+  assert parse_arg(None, a=1).a == 1
+
+
+@pytest.mark.parametrize("arg,msg", [("nope=1", "'nope' is not known"), ("num_prompts=x", "expected a int"),
+                                     ("num_prompts", "needs a value"), ("runlocal=maybe", "expected a bool")])
+def test_parse_arg_errors(arg, msg):
+  with pytest.raises(ValueError, match=msg):
+    parse_arg(arg, runlocal=False, num_prompts=8)
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, "-m", "sparkjax.main", *args], capture_output=True, text=True, cwd=ROOT,
+                        timeout=300)
+
+
+def test_override_typo_names_the_key(tmp_path):
+  r = _main("--config=configs/generate.py:runlocal", "--config.sampling.temprature=0.5", f"--workdir={tmp_path}")
+  assert r.returncode != 0
+  assert "--config.sampling.temprature" in r.stderr and "unknown key 'temprature'" in r.stderr
+  assert not any(tmp_path.iterdir())
+
+
+def test_override_wrong_type_is_an_error(tmp_path):
+  r = _main("--config=configs/generate.py:runlocal", "--config.sampling.num_samples=many", f"--workdir={tmp_path}")
+  assert r.returncode != 0 and "num_samples" in r.stderr
+  assert not any(tmp_path.iterdir())
+
+
+def test_bad_config_arg_is_an_error(tmp_path):
+  r = _main("--config=configs/generate.py:num_prompt=3", f"--workdir={tmp_path}")
+  assert r.returncode != 0 and "'num_prompt' is not known" in r.stderr
