@@ -1,0 +1,277 @@
+"""The built-in arithmetic world: chained integer problems with exact step-level ground truth.
+
+A problem is a start value and 2-6 operations applied left to right ("Start with 7, then + 5, then * 3."). Its
+solution is written in the step format the papers use for math:
+
+    Step 1: 7 + 5 = 12
+    Step 2: 12 * 3 = 36
+    Answer: 36
+
+or, for the RL policy, `<think> <step> 7 + 5 = 12 </step> ... </think> <answer> \\boxed{ 36 } </answer>`.
+Every step of any written solution can be checked exactly, so a verifier's or a PRM's verdicts, and the first-error
+index, are scored against the truth. A corruption model writes imperfect solutions: a wrong result, a wrong operand,
+a dropped step; later steps continue consistently from the wrong value, as a model that erred would.
+
+Numbers are single tokens (0..max_value), so a tiny model learns the world's arithmetic as a table; the world's
+tokenizer is a real `transformers` tokenizer (WordLevel, built with `tokenizers`), so the world runs through the
+same code path as real models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Sequence
+
+import numpy as np
+
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+  """Difficulty knobs. Every intermediate value of a problem stays in [0, max_value]."""
+
+  min_ops: int = 2
+  max_ops: int = 6
+  max_operand: int = 9
+  max_value: int = 99
+  ops: str = "+-*"
+
+  def __post_init__(self):
+    if not 1 <= self.min_ops <= self.max_ops:
+      raise ValueError(f"need 1 <= min_ops <= max_ops, got min_ops={self.min_ops}, max_ops={self.max_ops}")
+    if self.max_operand > self.max_value:
+      raise ValueError(f"max_operand={self.max_operand} exceeds max_value={self.max_value}")
+    if not self.ops or set(self.ops) - set(OPS):
+      raise ValueError(f"ops={self.ops!r}: expected a non-empty subset of {''.join(OPS)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """One written step `lhs op rhs = result`."""
+
+  lhs: int
+  op: str
+  rhs: int
+  result: int
+
+  def text(self) -> str:
+    return f"{self.lhs} {self.op} {self.rhs} = {self.result}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  start: int
+  ops: tuple[tuple[str, int], ...]
+
+  def values(self) -> list[int]:
+    """Running values after each operation (the correct intermediate results)."""
+    out, v = [], self.start
+    for op, x in self.ops:
+      v = OPS[op](v, x)
+      out.append(v)
+    return out
+
+  @property
+  def answer(self) -> int:
+    return self.values()[-1]
+
+  def text(self) -> str:
+    return f"Start with {self.start}, " + ", ".join(f"then {op} {x}" for op, x in self.ops) + "."
+
+  def correct_steps(self) -> list[Step]:
+    steps, v = [], self.start
+    for (op, x), r in zip(self.ops, self.values()):
+      steps.append(Step(v, op, x, r))
+      v = r
+    return steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Solution:
+  """A written solution with its exact labels."""
+
+  steps: tuple[Step, ...]
+  answer: int
+
+  def text(self, fmt: str = "steps") -> str:
+    return render_solution(self.steps, self.answer, fmt)
+
+
+def make_problem(rng: np.random.Generator, world: WorldConfig) -> Problem:
+  """Samples a problem whose running values all stay in [0, max_value]."""
+  n = int(rng.integers(world.min_ops, world.max_ops + 1))
+  v = int(rng.integers(1, world.max_operand + 1))
+  start, ops = v, []
+  for _ in range(n):
+    choices = []
+    for op in world.ops:
+      for x in range(1, world.max_operand + 1):
+        r = OPS[op](v, x)
+        if 0 <= r <= world.max_value and not (op == "*" and x == 1):
+          choices.append((op, x, r))
+    op, x, v = choices[int(rng.integers(len(choices)))]
+    ops.append((op, x))
+  return Problem(start, tuple(ops))
+
+
+def problem_at(seed: int, index: int, world: WorldConfig) -> Problem:
+  """Problem number `index` of the stream `seed`: deterministic, so datasets are index-addressable."""
+  return make_problem(np.random.default_rng([seed, index]), world)
+
+
+# ---- ground truth ------------------------------------------------------------------------------------------------
+
+
+def step_ok(problem: Problem, steps: Sequence[Step]) -> list[bool]:
+  """Per-step correctness: step i is right iff it applies operation i to the correct value and computes it right.
+
+  A step that continues correctly from an earlier wrong value is NOT right (its lhs is not the true value).
+  """
+  truth = problem.correct_steps()
+  return [i < len(truth) and s == truth[i] for i, s in enumerate(steps)]
+
+
+def first_error(problem: Problem, steps: Sequence[Step], answer: int | None = None) -> int:
+  """0-based index of the earliest wrong step, or -1 if the solution is right.
+
+  A solution with too few steps errs at the first missing step (index len(steps)); one whose steps are right but
+  whose answer differs from its last result errs at its last step.
+  """
+  ok = step_ok(problem, steps)
+  for i, good in enumerate(ok):
+    if not good:
+      return i
+  if len(steps) < len(problem.ops):
+    return len(steps)
+  if len(steps) > len(problem.ops):
+    return len(problem.ops)
+  if answer is not None and answer != problem.answer:
+    return len(steps) - 1
+  return -1
+
+
+def process_labels(problem: Problem, steps: Sequence[Step], answer: int | None = None) -> list[bool]:
+  """Step labels as the papers' verifiers give them: correct before the first error, incorrect from it on."""
+  k = first_error(problem, steps, answer)
+  return [k == -1 or i < k for i in range(len(steps))]
+
+
+# ---- corruption model --------------------------------------------------------------------------------------------
+
+CORRUPTIONS = ("wrong_result", "wrong_operand", "dropped_step")
+
+
+def corrupt(problem: Problem, rng: np.random.Generator, world: WorldConfig, kind: str | None = None,
+            at: int | None = None) -> Solution:
+  """A solution with one error of `kind` at step `at` (random if None); later steps continue from it consistently."""
+  truth = problem.correct_steps()
+  kind = kind or CORRUPTIONS[int(rng.integers(len(CORRUPTIONS)))]
+  if kind not in CORRUPTIONS:
+    raise ValueError(f"unknown corruption {kind!r}; known: {', '.join(CORRUPTIONS)}")
+  if kind == "dropped_step" and len(truth) < 2:
+    kind = "wrong_result"
+  at = int(rng.integers(len(truth))) if at is None else at
+  ops = list(problem.ops)
+  steps: list[Step] = []
+  v = problem.start
+  for i, (op, x) in enumerate(ops):
+    if i == at and kind == "dropped_step":
+      continue
+    if i == at and kind == "wrong_operand":
+      x = _other(x, rng, 1, world.max_operand)
+    r = OPS[op](v, x)
+    if i == at and kind == "wrong_result":
+      r = _other(r, rng, 0, world.max_value)
+    r = min(max(r, 0), world.max_value)  # stay inside the tokenizer's number range
+    steps.append(Step(v, op, x, r))
+    v = r
+  return Solution(tuple(steps), v)
+
+
+def _other(x: int, rng: np.random.Generator, lo: int, hi: int) -> int:
+  """A nearby value != x in [lo, hi] (off-by-a-little, the typical slip)."""
+  for _ in range(100):
+    y = x + int(rng.choice([-3, -2, -1, 1, 2, 3]))
+    if lo <= y <= hi and y != x:
+      return y
+  return lo if x != lo else lo + 1
+
+
+def sample_solution(problem: Problem, rng: np.random.Generator, world: WorldConfig, p_error: float) -> Solution:
+  """The correct solution with probability 1 - p_error, otherwise a corrupted one."""
+  if rng.random() >= p_error:
+    return Solution(tuple(problem.correct_steps()), problem.answer)
+  return corrupt(problem, rng, world)
+
+
+# ---- text formats ------------------------------------------------------------------------------------------------
+
+FORMATS = ("steps", "think")
+
+
+def render_solution(steps: Sequence[Step], answer: int, fmt: str = "steps") -> str:
+  """Solution text in the papers' step format ("steps") or the RL policy format ("think")."""
+  if fmt == "steps":
+    return "\n".join([f"Step {i + 1}: {s.text()}" for i, s in enumerate(steps)] + [f"Answer: {answer}"])
+  if fmt == "think":
+    body = " ".join(f"<step> {s.text()} </step>" for s in steps)
+    return f"<think> {body} </think> <answer> \\boxed{{ {answer} }} </answer>"
+  raise ValueError(f"unknown solution format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
+def prompt_text(problem: Problem) -> str:
+  return f"Problem: {problem.text()}\nSolution:\n"
+
+
+_STEP_RE = re.compile(r"(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)")
+_ANSWER_RE = {"steps": re.compile(r"Answer\s*:\s*(-?\d+)\s*$"),
+              "think": re.compile(r"<answer>\s*\\boxed\{\s*(-?\d+)\s*\}\s*</answer>\s*$")}
+
+
+def parse_solution(text: str, fmt: str = "steps") -> tuple[list[Step], int | None]:
+  """Steps and final answer read back from a (possibly spaced-out, decoded) solution; answer None if absent."""
+  if fmt == "steps":
+    parts = [m for m in re.split(r"\n|Step\s*\d+\s*:", text) if _STEP_RE.search(m)]
+  elif fmt == "think":
+    parts = re.findall(r"<step>(.*?)</step>", text, flags=re.S)
+  else:
+    raise ValueError(f"unknown solution format {fmt!r}; known: {', '.join(FORMATS)}")
+  steps = []
+  for p in parts:
+    m = _STEP_RE.search(p)
+    if m:
+      steps.append(Step(int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))))
+  m = _ANSWER_RE[fmt].search(text.strip())
+  return steps, (int(m.group(1)) if m else None)
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------------------------
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+# Every word the world's formats use (problems, solutions, verifications, judge prompts); numbers are added apart.
+WORDS = (
+    "\n", "Start", "with", "then", "Problem", "Solution", "Student", "Step", "Answer", ",", ".", ":", "+", "-", "*",
+    "=", "(", ")", "/", "?", "<think>", "</think>", "<step>", "</step>", "<answer>", "</answer>", "\\boxed{", "}",
+    "Let's", "verify", "step", "by", "The", "the", "is", "correct", "incorrect", "Is", "answer", "Yes", "No",
+    "Correct", "Incorrect", "Expected", "Verification", "Critique", "A", "B", "Which", "better", "Judge",
+)
+_PRE_TOKENIZE = r"\n|\\boxed\{|</?[a-z]+>|Let's|\d+|[A-Za-z]+|[^\s\w]"
+
+
+def build_tokenizer(max_value: int = 99):
+  """A `transformers.PreTrainedTokenizerFast` for the world: specials, the words above, numbers 0..max_value."""
+  from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast
+
+  vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + WORDS + tuple(str(n) for n in range(max_value + 1)))}
+  tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(Regex(r"[ \t]+"), behavior="removed"),
+      pre_tokenizers.Split(Regex(_PRE_TOKENIZE), behavior="isolated"),
+  ])
+  tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins tokens with single spaces
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                                 unk_token="<unk>")
+  return fast
