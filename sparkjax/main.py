@@ -9,13 +9,13 @@ import importlib
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sparkjax.config_args import parse_flags
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "generate.py")
-PIPELINES = {"generate": "sparkjax.pipelines.generate"}
+PIPELINES = {"arith_rl": "sparkjax.pipelines.arith_rl", "generate": "sparkjax.pipelines.generate"}
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file (configs/*.py[:args]).",
                                 lock_config=True)
@@ -26,6 +26,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   del argv
   config = flags.FLAGS.config
+  logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, jax backends) hides the progress bars
   if config.pipeline not in PIPELINES:
     sys.exit(f"config field pipeline={config.pipeline!r} is not known; known: {', '.join(PIPELINES)}")
   importlib.import_module(PIPELINES[config.pipeline]).run(config, flags.FLAGS.workdir)

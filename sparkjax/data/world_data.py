@@ -1,0 +1,80 @@
+"""The arithmetic world as `grain` datasets: index-addressable problems, encoded for SFT or for RL.
+
+Problem i of a stream is `arith.problem_at(seed, i)`, so a dataset is `MapDataset.range(...)` mapped through the
+encoder and the iterator state is one index: it checkpoints as JSON and resumes exactly. With several processes each
+reads its own slice of every global batch (`process_index::process_count`).
+"""
+
+from __future__ import annotations
+
+import grain
+import numpy as np
+
+from sparkjax.data import arith
+
+
+class WorldEncoder:
+  """Turns problems into fixed-shape token arrays with the world's tokenizer."""
+
+  def __init__(self, world: arith.WorldConfig, tokenizer, fmt: str = "steps"):
+    if fmt not in arith.FORMATS:
+      raise ValueError(f"unknown solution format {fmt!r}; known: {', '.join(arith.FORMATS)}")
+    self.world, self.tok, self.fmt = world, tokenizer, fmt
+    self.pad, self.eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    longest = arith.Problem(world.max_value, tuple([("+", world.max_operand)] * world.max_ops))
+    self.prompt_len = len(self.encode_prompt(longest))
+    solution = arith.render_solution(longest.correct_steps(), longest.answer, fmt)
+    self.solution_len = len(self.tok.encode(solution)) + 1  # + eos
+
+  def encode_prompt(self, problem: arith.Problem) -> list[int]:
+    return self.tok.encode(arith.prompt_text(problem))
+
+  def number_id(self, n: int) -> int:
+    return self.tok.convert_tokens_to_ids(str(n))
+
+  def answer_template(self) -> tuple[list[int], int, list[int]]:
+    """(token suffix a correct response ends with, index of the number in it, tokens that must occur once)."""
+    if self.fmt == "steps":
+      ids = self.tok.convert_tokens_to_ids(["Answer", ":", "0"]) + [self.eos]
+      return ids, 2, [ids[0]]
+    ids = self.tok.convert_tokens_to_ids(["<answer>", "\\boxed{", "0", "}", "</answer>"]) + [self.eos]
+    return ids, 2, [ids[0], ids[1]]
+
+  def rl_example(self, problem: arith.Problem) -> dict:
+    ids = self.encode_prompt(problem)
+    prompt = np.full(self.prompt_len, self.pad, np.int32)
+    prompt[self.prompt_len - len(ids):] = ids
+    mask = np.zeros(self.prompt_len, bool)
+    mask[self.prompt_len - len(ids):] = True
+    return dict(prompt=prompt, prompt_mask=mask, target=np.int32(self.number_id(problem.answer)))
+
+  def sft_example(self, problem: arith.Problem, solution: arith.Solution | None = None) -> dict:
+    solution = solution or arith.Solution(tuple(problem.correct_steps()), problem.answer)
+    p = self.encode_prompt(problem)
+    t = self.tok.encode(solution.text(self.fmt)) + [self.eos]
+    L = self.prompt_len + self.solution_len
+    tokens = np.full(L, self.pad, np.int32)
+    tokens[:len(p) + len(t)] = p + t
+    loss_mask = np.zeros(L, np.float32)
+    loss_mask[len(p):len(p) + len(t)] = 1.0
+    mask = np.zeros(L, bool)
+    mask[:len(p) + len(t)] = True
+    return dict(tokens=tokens, loss_mask=loss_mask, mask=mask)
+
+
+def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str, process_index: int = 0,
+                  process_count: int = 1) -> grain.IterDataset:
+  """An endless, batched stream of this process's share of each global batch; kind is "rl" or "sft"."""
+  if global_batch % process_count:
+    raise ValueError(f"global batch {global_batch} does not divide over {process_count} processes")
+  encode = {"rl": encoder.rl_example, "sft": encoder.sft_example}[kind]
+  world = encoder.world
+  ds = grain.MapDataset.range(0, 2**62)[process_index::process_count]
+  ds = ds.map(lambda i: encode(arith.problem_at(seed, int(i), world)))
+  return ds.batch(global_batch // process_count, drop_remainder=True).to_iter_dataset()
+
+
+def eval_set(encoder: WorldEncoder, seed: int, n: int) -> dict:
+  """A fixed held-out RL batch of n problems (stacked numpy arrays)."""
+  rows = [encoder.rl_example(arith.problem_at(seed, i, encoder.world)) for i in range(n)]
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -1,0 +1,171 @@
+"""The GRPO iteration: sample G per prompt -> reward -> advantages -> mu policy updates.
+
+With a reward computable on device the whole iteration is ONE jitted function (`make_iteration`). A reward that
+needs Python (math-verify) uses the same two halves with a host step between them: `make_rollout` (sampling) and
+`make_update` (advantages in, updated state out).
+
+Shapes: B prompts, G samples each, N = B * G rows ordered b * G + g, P prompt slots (left-padded), T = max new tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sparkjax import sampling
+from sparkjax.models import transformer
+from sparkjax.models.config import ModelConfig
+from sparkjax.rl import grpo
+from sparkjax.train.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+  """Static settings of the RL step (hashable; each distinct value compiles once)."""
+
+  sampling: sampling.SamplingParams
+  advantage: str = "grpo"
+  policy_loss: str = "clip"
+  eps_low: float = 0.2
+  eps_high: float = 0.2
+  dual_clip: float = 0.0
+  aggregation: str = "token_mean"
+  norm_length: int = 0  # for seq_sum_norm; 0 = max_new_tokens
+  kl: str = "k3"
+  kl_coef: float = 0.0
+  mu: int = 1  # policy updates per batch; the sampler's log-probs are the old log-probs
+
+  @property
+  def group_size(self) -> int:
+    return self.sampling.num_samples
+
+  def __post_init__(self):
+    grpo.lookup(grpo.ADVANTAGES, self.advantage, "advantage estimator")
+    grpo.lookup(grpo.POLICY_LOSSES, self.policy_loss, "policy loss")
+    grpo.lookup(grpo.AGGREGATIONS, self.aggregation, "loss aggregation")
+    grpo.lookup(grpo.KL_ESTIMATORS, self.kl, "KL estimator")
+    if self.mu < 1:
+      raise ValueError(f"mu={self.mu}: expected >= 1 policy updates per batch")
+
+
+def completion_mask(lengths_N, T: int):
+  """[N, T] float: 1 on generated tokens up to and including the stop token."""
+  return (jnp.arange(T)[None, :] < lengths_N[:, None]).astype(jnp.float32)
+
+
+def completion_logprobs(params, cfg: ModelConfig, prompt_BP, prompt_mask_BP, tokens_NT, lengths_N,
+                        temperature: float):
+  """log softmax(logits / temperature) of each completion token given prompt and earlier tokens: (logp, entropy).
+
+  The prompt of row n is prompt_BP[n // G]; returns two [N, T] float32 arrays.
+  """
+  N, T = tokens_NT.shape
+  G = N // prompt_BP.shape[0]
+  P = prompt_BP.shape[1]
+  prompt = jnp.repeat(prompt_BP, G, axis=0)
+  pmask = jnp.repeat(prompt_mask_BP, G, axis=0)
+  seq = jnp.concatenate([prompt, tokens_NT[:, :-1]], axis=1)
+  mask = jnp.concatenate([pmask, completion_mask(lengths_N, T)[:, :-1] > 0], axis=1)
+  hidden, _ = transformer.decode(params, cfg, seq, transformer.positions_from_mask(mask), mask)
+  logits = transformer.unembed(params, cfg, hidden[:, P - 1:])
+  return grpo.token_logprobs(logits, tokens_NT, temperature if temperature > 0 else 1.0)
+
+
+def rollout(params, prompt_BP, prompt_mask_BP, key, *, cfg: ModelConfig, settings: GRPOSettings):
+  """G samples per prompt with their sampler log-probs (a `sampling.SampleOutput`)."""
+  return sampling.sample(params, prompt_BP, prompt_mask_BP, key, cfg=cfg, sp=settings.sampling)
+
+
+def policy_update(state: TrainState, ref_params, batch: dict, *, cfg: ModelConfig, settings: GRPOSettings,
+                  tx: optax.GradientTransformation, schedule=None) -> tuple[TrainState, dict]:
+  """`settings.mu` optimizer updates of the clipped policy loss (+ kl_coef * KL to the reference).
+
+  batch: prompt [B, P], prompt_mask [B, P], tokens [N, T], lengths [N], old_logp [N, T], advantages [N] or [N, T].
+  Loss = agg(policy_loss(logp, old_logp, A)) + beta * agg(kl(logp, ref_logp)).
+  """
+  s = settings
+  T = batch["tokens"].shape[1]
+  mask = completion_mask(batch["lengths"], T)
+  adv = batch["advantages"]
+  adv = jnp.broadcast_to(adv[:, None], mask.shape) if adv.ndim == 1 else adv
+  temp = s.sampling.temperature
+  agg = functools.partial(grpo.AGGREGATIONS[s.aggregation], norm_length=s.norm_length or T)
+  logp_of = functools.partial(completion_logprobs, cfg=cfg, prompt_BP=batch["prompt"],
+                              prompt_mask_BP=batch["prompt_mask"], tokens_NT=batch["tokens"],
+                              lengths_N=batch["lengths"], temperature=temp)
+  ref_logp = None
+  if s.kl_coef > 0:
+    ref_logp = jax.lax.stop_gradient(logp_of(ref_params)[0])
+
+  def loss_fn(params):
+    logp, entropy = logp_of(params)
+    pg, clipped = grpo.POLICY_LOSSES[s.policy_loss](logp, batch["old_logp"], adv, eps_low=s.eps_low,
+                                                     eps_high=s.eps_high, dual_clip=s.dual_clip)
+    loss = agg(pg, mask)
+    kl = grpo.KL_ESTIMATORS[s.kl](logp, ref_logp) if ref_logp is not None else jnp.zeros_like(logp)
+    if s.kl_coef > 0:
+      loss = loss + s.kl_coef * agg(kl, mask)
+    aux = dict(pg_loss=agg(pg, mask), kl=grpo.token_mean(kl, mask), clip_fraction=grpo.token_mean(clipped, mask),
+               entropy=grpo.token_mean(entropy, mask),
+               ratio=grpo.token_mean(jnp.exp(logp - batch["old_logp"]), mask))
+    return loss, aux
+
+  def one_update(state, _):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), **aux)
+    if schedule is not None:
+      metrics["learning_rate"] = schedule(state.step)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt_state=opt_state)
+    return new, metrics
+
+  state, metrics = jax.lax.scan(one_update, state, None, length=s.mu)
+  # Report the first update's loss terms (on-policy, ratio ~ 1) and the mean grad norm.
+  return state, jax.tree.map(lambda m: m[0], metrics) | dict(grad_norm=metrics["grad_norm"].mean())
+
+
+def rollout_metrics(rewards_N, out: sampling.SampleOutput, G: int) -> dict:
+  return dict(reward_mean=rewards_N.mean(), reward_std=rewards_N.std(),
+              accuracy=(rewards_N > 0.5).astype(jnp.float32).mean(),
+              zero_variance_groups=grpo.zero_variance_fraction(rewards_N, G),
+              response_length=out.lengths.astype(jnp.float32).mean(),
+              finished_fraction=out.finished.astype(jnp.float32).mean())
+
+
+def iteration(state: TrainState, ref_params, prompt_BP, prompt_mask_BP, targets_B, *, cfg: ModelConfig,
+              settings: GRPOSettings, tx, reward_fn: Callable, schedule=None) -> tuple[TrainState, dict]:
+  """One whole GRPO iteration on device: (state, prompts, per-prompt targets) -> (state, metrics).
+
+  reward_fn(tokens_NT, lengths_N, finished_N, targets_N) -> rewards_N must be traceable. The PRNG key is
+  fold_in(state.rng, state.step), so an iteration is a pure function of its inputs.
+  """
+  G = settings.group_size
+  out = rollout(state.params, prompt_BP, prompt_mask_BP, state.key(), cfg=cfg, settings=settings)
+  rewards = reward_fn(out.tokens, out.lengths, out.finished, jnp.repeat(targets_B, G, axis=0))
+  adv = grpo.ADVANTAGES[settings.advantage](rewards, G)
+  batch = dict(prompt=prompt_BP, prompt_mask=prompt_mask_BP, tokens=out.tokens, lengths=out.lengths,
+               old_logp=out.logprobs, advantages=adv)
+  state, metrics = policy_update(state, ref_params, batch, cfg=cfg, settings=settings, tx=tx, schedule=schedule)
+  metrics = metrics | rollout_metrics(rewards, out, G) | dict(generated_tokens=out.lengths.sum())
+  return state, metrics
+
+
+def make_iteration(cfg, settings, tx, reward_fn, schedule=None):
+  """`iteration` jitted once, state donated."""
+  return jax.jit(functools.partial(iteration, cfg=cfg, settings=settings, tx=tx, reward_fn=reward_fn,
+                                   schedule=schedule), donate_argnums=0)
+
+
+def make_rollout(cfg, settings):
+  return jax.jit(functools.partial(rollout, cfg=cfg, settings=settings))
+
+
+def make_update(cfg, settings, tx, schedule=None):
+  return jax.jit(functools.partial(policy_update, cfg=cfg, settings=settings, tx=tx, schedule=schedule),
+                 donate_argnums=0)

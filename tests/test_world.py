@@ -1,0 +1,119 @@
+"""The arithmetic world: exact ground truth, corruption model, tokenizer, grain iterator, device reward."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sparkjax.data import arith, world_data
+from sparkjax.data.grading import make_suffix_reward
+
+WORLD = arith.WorldConfig(min_ops=2, max_ops=6)
+
+
+@pytest.fixture(scope="module")
+def tok():
+  return arith.build_tokenizer(WORLD.max_value)
+
+
+def test_problem_values_and_bounds():
+  p = arith.Problem(7, (("+", 5), ("*", 3), ("-", 4)))
+  assert p.values() == [12, 36, 32] and p.answer == 32
+  assert p.text() == "Start with 7, then + 5, then * 3, then - 4."
+  for i in range(200):
+    q = arith.problem_at(0, i, WORLD)
+    assert 2 <= len(q.ops) <= 6 and all(0 <= v <= 99 for v in q.values())
+  assert arith.problem_at(0, 5, WORLD) == arith.problem_at(0, 5, WORLD) != arith.problem_at(1, 5, WORLD)
+
+
+def test_ground_truth_hand_cases():
+  p = arith.Problem(7, (("+", 5), ("*", 3), ("-", 4)))
+  S = arith.Step
+  right = [S(7, "+", 5, 12), S(12, "*", 3, 36), S(36, "-", 4, 32)]
+  assert arith.first_error(p, right, 32) == -1
+  wrong_result = [S(7, "+", 5, 13), S(13, "*", 3, 39), S(39, "-", 4, 35)]  # propagates consistently
+  assert arith.first_error(p, wrong_result, 35) == 0
+  assert arith.step_ok(p, wrong_result) == [False, False, False]
+  assert arith.process_labels(p, wrong_result, 35) == [False, False, False]
+  dropped = [S(7, "+", 5, 12), S(12, "-", 4, 8)]
+  assert arith.first_error(p, dropped, 8) == 1
+  assert arith.first_error(p, right, 31) == 2  # right steps, wrong final answer line
+  assert arith.first_error(p, right[:2], 36) == 2  # stopped early
+
+
+@pytest.mark.parametrize("kind", arith.CORRUPTIONS)
+def test_corruptions_err_exactly_where_they_are_put(kind):
+  rng = np.random.default_rng(0)
+  for i in range(100):
+    p = arith.problem_at(3, i, WORLD)
+    at = int(rng.integers(len(p.ops)))
+    s = arith.corrupt(p, rng, WORLD, kind, at)
+    k = arith.first_error(p, s.steps, s.answer)
+    if kind == "dropped_step":  # visible at `at` unless the next operation happens to equal the dropped one
+      assert k >= at and len(s.steps) == len(p.ops) - 1
+    elif k != -1:  # a wrong result clipped back into range can coincide with the truth: then no error
+      assert k == at
+    if k != -1:
+      # later steps continue from the written values consistently
+      for a, b in zip(s.steps, s.steps[1:]):
+        assert b.lhs == a.result
+
+
+def test_render_parse_roundtrip_through_tokenizer(tok):
+  rng = np.random.default_rng(1)
+  for i in range(50):
+    p = arith.problem_at(4, i, WORLD)
+    s = arith.sample_solution(p, rng, WORLD, p_error=0.5)
+    for fmt in arith.FORMATS:
+      ids = tok.encode(arith.prompt_text(p) + s.text(fmt))
+      assert tok.unk_token_id not in ids
+      steps, answer = arith.parse_solution(tok.decode(ids), fmt)
+      assert steps == list(s.steps) and answer == s.answer
+
+
+def test_tokenizer_is_a_real_transformers_tokenizer(tok, tmp_path):
+  from transformers import AutoTokenizer
+
+  tok.save_pretrained(tmp_path)
+  again = AutoTokenizer.from_pretrained(tmp_path)
+  text = "Step 1: 7 + 5 = 12\nAnswer: 12"
+  assert again.encode(text) == tok.encode(text) and again.pad_token_id == tok.pad_token_id == 0
+
+
+def test_grain_iterator_resumes_exactly(tok):
+  enc = world_data.WorldEncoder(WORLD, tok)
+  it = iter(world_data.world_dataset(enc, 0, 4, "rl"))
+  next(it)
+  state = it.get_state()
+  a, b = next(it), next(it)
+  it2 = iter(world_data.world_dataset(enc, 0, 4, "rl"))
+  it2.set_state(state)
+  np.testing.assert_array_equal(next(it2)["prompt"], a["prompt"])
+  np.testing.assert_array_equal(next(it2)["target"], b["target"])
+
+
+def test_processes_read_disjoint_shares(tok):
+  enc = world_data.WorldEncoder(WORLD, tok)
+  whole = next(iter(world_data.world_dataset(enc, 0, 4, "rl")))
+  parts = [next(iter(world_data.world_dataset(enc, 0, 4, "rl", p, 2))) for p in range(2)]
+  got = sorted(map(tuple, np.concatenate([x["prompt"] for x in parts]).tolist()))
+  assert got == sorted(map(tuple, whole["prompt"].tolist()))
+  with pytest.raises(ValueError, match="global batch 5 does not divide over 2 processes"):
+    world_data.world_dataset(enc, 0, 5, "rl", 0, 2)
+
+
+def test_suffix_reward(tok):
+  enc = world_data.WorldEncoder(WORLD, tok)
+  template, slot, once = enc.answer_template()
+  reward = make_suffix_reward(template, slot, once)
+  ans = lambda n: tok.encode(f"Step 1: 7 + 5 = 12\nAnswer: {n}") + [tok.eos_token_id]
+  rows = [ans(12), ans(13), tok.encode("Answer: 12\nAnswer: 12") + [tok.eos_token_id], ans(12)[:-1]]
+  T = 24
+  tokens = np.zeros((4, T), np.int32)
+  for i, r in enumerate(rows):
+    tokens[i, :len(r)] = r
+  lengths = np.asarray([len(r) for r in rows])
+  finished = np.asarray([True, True, True, False])
+  targets = np.full(4, enc.number_id(12))
+  got = reward(jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(finished), jnp.asarray(targets))
+  # right; wrong number; two answer lines (format violation); unfinished (no stop token)
+  np.testing.assert_array_equal(got, [1, 0, 0, 0])
