@@ -6,6 +6,7 @@ It only wires a config to its pipeline; each pipeline module reads top to bottom
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +30,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, jax backends) hides the progress bars
   if config.pipeline not in PIPELINES:
     sys.exit(f"config field pipeline={config.pipeline!r} is not known; known: {', '.join(PIPELINES)}")
-  importlib.import_module(PIPELINES[config.pipeline]).run(config, flags.FLAGS.workdir)
+  try:
+    importlib.import_module(PIPELINES[config.pipeline]).run(config, flags.FLAGS.workdir)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    # Expected failures (bad input, non-finite loss) end with one clear line; set SPARKJAX_TRACEBACK=1 to debug.
+    if os.environ.get("SPARKJAX_TRACEBACK"):
+      raise
+    sys.exit(f"error: {type(e).__name__}: {e}")
 
 
 if __name__ == "__main__":

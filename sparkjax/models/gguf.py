@@ -1,0 +1,399 @@
+"""Llama-family GGUF files -> Hugging Face `LlamaForCausalLM` directories.
+
+A GGUF file (llama.cpp's format) holds the weights, the hyper-parameters and the tokenizer of one model. We
+dequantise every tensor to float32 with the `gguf` package, rename it to its Hugging Face name and undo the one
+layout change llama.cpp makes on the way in: the rotary row order of the q and k projections. The result is an
+ordinary HF directory (`config.json`, `model.safetensors`, tokenizer files) that `transformers` and our own
+loaders read like any other checkpoint. The tokenizer is rebuilt from the file's vocabulary, merges and chat template
+with the `tokenizers` library (`build_tokenizer`); nothing here needs torch.
+
+Memory: `read_gguf` holds the whole model in float32 on the host (4 bytes per parameter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+# GGUF tensor name -> HF Llama name. Per-layer names are keyed by the part after `blk.N.`.
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_NAMES = {
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+# llama.cpp bakes llama3-style rope scaling into this tensor instead of writing metadata; it becomes config.
+_ROPE_FREQS = "rope_freqs.weight"
+
+# llama.cpp pre-tokenizer types that split every digit off before the GPT-2 regex. `transformers` (5.x) drops that
+# step when it rebuilds the tokenizer from GGUF, which changes how whitespace before digits is tokenised
+# ("\n\n1" -> "Ċ","Ċ","1" instead of "ĊĊ","1"), so we put it back.
+_DIGIT_SPLIT_PRE = frozenset({"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"})
+# llama.cpp pre-tokenizer types that replace GPT-2's regex with their own, as `transformers` (5.x) maps them.
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                 r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_SPLIT_REGEX_PRE = {
+    **dict.fromkeys(["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+                     "jina-v5-nano", "dbrx", "smaug-bpe"], _LLAMA3_SPLIT),
+    "tekken": _TEKKEN_SPLIT,
+}
+# `tokenizer.ggml.token_type` values (llama.cpp's llama_token_type).
+_TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED = 1, 3, 4
+
+
+def llamacpp_to_hf_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
+  """Put q/k projection rows back from llama.cpp's rotary order into Hugging Face's.
+
+  HF's Llama rotates the two halves of each head (`rotate_half`), llama.cpp rotates interleaved pairs, so
+  convert_hf_to_gguf.py permutes the rows of each head `[a0..a(h/2-1), b0..b(h/2-1)] -> [a0, b0, a1, b1, ...]`.
+  This is its exact inverse.
+
+  Args:
+    w: `(n_head * head_dim, in_dim)` weight or `(n_head * head_dim,)` bias, in llama.cpp's row order.
+    n_head: heads of this projection (`num_key_value_heads` for k).
+  Returns:
+    Array of the same shape and dtype in HF's row order.
+  """
+  head_dim = w.shape[0] // n_head
+  return w.reshape(n_head, head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama3_rope_scaling(
+    rope_freqs: np.ndarray, rope_theta: float, head_dim: int, original_max_position_embeddings: int = 8192
+) -> dict[str, Any]:
+  """Recover HF's `rope_scaling` dict for llama3-style rope from llama.cpp's `rope_freqs` tensor.
+
+  llama.cpp stores the per-frequency divisor (1 for short wavelengths, `factor` for long ones, a smooth blend
+  between) rather than the parameters. In the blend band the smoothing weight is linear in
+  `original_max_position_embeddings / wavelength` with slope `1 / (high - low)` and offset `-low / (high - low)`,
+  so a line fit gives both frequency factors. Scaling the original context length and both factors together
+  leaves the tensor unchanged, so the context length is not recoverable: we take llama.cpp's own default (8192,
+  right for Llama 3.1-3.3) unless the file states it.
+
+  Args:
+    rope_freqs: `(head_dim // 2,)` divisors from the GGUF.
+  Returns:
+    `{"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}`.
+  Raises:
+    ValueError: the tensor is not of llama3 form (recomputing it from the recovered parameters disagrees).
+  """
+  rope_freqs = np.asarray(rope_freqs, np.float64)
+  factor = float(rope_freqs.max())
+  wavelen = 2 * np.pi * rope_theta ** (np.arange(0, head_dim, 2) / head_dim)
+  band = (rope_freqs > 1 + 1e-4) & (rope_freqs < factor * (1 - 1e-4))
+  low, high = 1.0, 4.0  # llama.cpp's defaults; only identifiable from two or more points in the band
+  if band.sum() >= 2:
+    smooth = (1 / rope_freqs[band] - 1 / factor) / (1 - 1 / factor)
+    slope, offset = np.polyfit(original_max_position_embeddings / wavelen[band], smooth, 1)
+    low = round(float(-offset / slope), 3)
+    high = round(float(low + 1 / slope), 3)
+  scaling = {
+      "rope_type": "llama3",
+      "factor": round(factor, 4),
+      "low_freq_factor": low,
+      "high_freq_factor": high,
+      "original_max_position_embeddings": int(original_max_position_embeddings),
+  }
+  smooth = np.clip((original_max_position_embeddings / wavelen - low) / (high - low), 0, 1)
+  expected = 1 / ((1 - smooth) / factor + smooth)
+  if not np.allclose(expected, rope_freqs, rtol=1e-3):
+    raise ValueError(f"rope_freqs tensor is not llama3-style rope scaling (best fit {scaling})")
+  return scaling
+
+
+def _open(path: Path) -> gguf.GGUFReader:
+  if not path.is_file():
+    raise FileNotFoundError(f"GGUF file not found: {path}")
+  try:
+    return gguf.GGUFReader(path)
+  except Exception as e:  # the reader raises assorted errors (bad magic, truncated arrays) for non-GGUF files
+    raise ValueError(f"{path} is not a readable GGUF file: {e}") from e
+
+
+def _metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
+  meta = {}
+  for key, field in reader.fields.items():
+    value = field.contents()
+    if field.types == [gguf.GGUFValueType.FLOAT32]:
+      value = float(str(np.float32(value)))  # shortest decimal: 1e-05, not 9.999999747378752e-06
+    meta[key] = value
+  return meta
+
+
+def _hf_config(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]], rope_freqs, path: Path) -> dict[str, Any]:
+  def get(key, default=None):
+    value = meta.get(f"llama.{key}", default)
+    if value is None:
+      raise ValueError(f"{path}: GGUF metadata lacks llama.{key}")
+    return value
+
+  if meta.get("llama.expert_count", 0):
+    raise ValueError(f"{path}: mixture-of-experts Llama GGUFs are not supported")
+  hidden, n_head = get("embedding_length"), get("attention.head_count")
+  n_kv_head = get("attention.head_count_kv", n_head)
+  head_dim = get("attention.key_length", hidden // n_head)
+  if get("rope.dimension_count", head_dim) != head_dim:
+    raise ValueError(f"{path}: partial rotary embeddings are not supported by HF Llama")
+  rope_theta = get("rope.freq_base", 10000.0)
+  config = {
+      "architectures": ["LlamaForCausalLM"],
+      "model_type": "llama",
+      "hidden_size": hidden,
+      "intermediate_size": get("feed_forward_length"),
+      "num_hidden_layers": get("block_count"),
+      "num_attention_heads": n_head,
+      "num_key_value_heads": n_kv_head,
+      "head_dim": head_dim,
+      "hidden_act": "silu",
+      "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
+      "rope_theta": rope_theta,
+      "max_position_embeddings": get("context_length"),
+      "vocab_size": shapes["model.embed_tokens.weight"][0],
+      "tie_word_embeddings": "lm_head.weight" not in shapes,
+      "attention_bias": False,
+      "mlp_bias": False,
+      "torch_dtype": "float32",
+  }
+  for hf_key, gguf_key in [("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+                           ("pad_token_id", "padding_token_id")]:
+    if f"tokenizer.ggml.{gguf_key}" in meta:
+      config[hf_key] = meta[f"tokenizer.ggml.{gguf_key}"]
+
+  # Old GGUFs wrote only `rope.scale_linear`; newer ones a type plus `rope.scaling.factor`.
+  scaling_type = meta.get("llama.rope.scaling.type", "linear" if "llama.rope.scale_linear" in meta else "none")
+  factor = meta.get("llama.rope.scaling.factor", meta.get("llama.rope.scale_linear", 1.0))
+  orig_ctx = meta.get("llama.rope.scaling.original_context_length", 8192)
+  if rope_freqs is not None:
+    config["rope_scaling"] = llama3_rope_scaling(rope_freqs, rope_theta, head_dim, orig_ctx)
+  elif scaling_type == "linear" and factor != 1.0:
+    config["rope_scaling"] = {"rope_type": "linear", "factor": factor}
+  elif scaling_type != "none":
+    raise ValueError(f"{path}: rope scaling type {scaling_type!r} is not supported (none, linear, llama3)")
+  return config
+
+
+def _hf_name(name: str) -> str | None:
+  if name in _GLOBAL_NAMES:
+    return _GLOBAL_NAMES[name]
+  parts = name.split(".", 2)
+  if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_NAMES:
+    return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}"
+  return None
+
+
+def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+  """Read a Llama-family GGUF file as HF config, dequantised HF state dict and raw metadata.
+
+  Returns:
+    hf_config: the `config.json` dict of a `LlamaForCausalLM`.
+    state_dict: HF name -> float32 array in HF layout, e.g. `model.layers.N.self_attn.q_proj.weight`
+      `(num_attention_heads * head_dim, hidden_size)`, `model.embed_tokens.weight` `(vocab_size, hidden_size)`,
+      norms `(hidden_size,)`. No `lm_head.weight` when the embeddings are tied.
+    metadata: every GGUF key -> Python value (strings, numbers, lists such as `tokenizer.ggml.tokens`).
+  Raises:
+    FileNotFoundError: no file at `path`.
+    ValueError: not a GGUF file, an architecture other than llama, or tensors/metadata we cannot map.
+  """
+  path = Path(path)
+  reader = _open(path)
+  meta = _metadata(reader)
+  arch = meta.get("general.architecture")
+  if arch not in SUPPORTED_ARCHITECTURES:
+    raise ValueError(
+        f"{path}: unsupported GGUF architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+
+  state_dict, rope_freqs, unknown = {}, None, []
+  for tensor in reader.tensors:
+    # GGUFReader lists dims fastest-first (ggml's ne0, ne1); numpy/HF layout is the reverse, which is also
+    # what `dequantize` returns for the row-major block data. np.array copies: the reader is a memmap.
+    array = np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+    expected_shape = tuple(reversed(tensor.shape.tolist()))
+    if array.shape != expected_shape:
+      raise ValueError(f"{path}: {tensor.name} dequantised to {array.shape}, expected {expected_shape}")
+    if tensor.name == _ROPE_FREQS:
+      rope_freqs = array
+    elif (hf := _hf_name(tensor.name)) is not None:
+      state_dict[hf] = array
+    else:
+      unknown.append(tensor.name)
+  if unknown:
+    raise ValueError(f"{path}: GGUF tensors with no HF Llama equivalent: {unknown[:8]}")
+  del reader
+
+  config = _hf_config(meta, {k: v.shape for k, v in state_dict.items()}, rope_freqs, path)
+  expected = {v for k, v in _GLOBAL_NAMES.items() if k != "output.weight"} | {
+      f"model.layers.{i}.{v}" for i in range(config["num_hidden_layers"]) for v in _LAYER_NAMES.values()}
+  if missing := sorted(expected - state_dict.keys()):
+    raise ValueError(f"{path}: GGUF lacks tensors for {missing[:8]}")
+  for i in range(config["num_hidden_layers"]):
+    for proj, n_head in [("q_proj", config["num_attention_heads"]), ("k_proj", config["num_key_value_heads"])]:
+      name = f"model.layers.{i}.self_attn.{proj}.weight"
+      state_dict[name] = llamacpp_to_hf_rotary(state_dict[name], n_head)
+  return config, state_dict, meta
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+  """GPT-2's byte -> printable character table: the alphabet byte-level BPE vocabularies are spelled in."""
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+  rest = [b for b in range(256) if b not in printable]
+  return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(rest)}}
+
+
+def build_tokenizer(path: str | os.PathLike, meta: dict[str, Any]):
+  """The HF tokenizer a GGUF's metadata describes, built with the `tokenizers` library (no torch).
+
+  llama.cpp's `gpt2` tokenizer model is byte-level BPE: the vocabulary is `tokenizer.ggml.tokens` (ids are list
+  positions), the merges `tokenizer.ggml.merges`. Tokens marked CONTROL in `tokenizer.ggml.token_type` become special
+  tokens, USER_DEFINED ones plain added tokens, both matched whole. The text is split as the `tokenizer.ggml.pre`
+  pre-tokenizer type says (GPT-2's regex, preceded by a split into single digits for the types that have one, or the
+  Llama 3 / Tekken regex). This reproduces what `transformers` builds from the same file (plus our digit split),
+  without its GGUF reader, which needs torch.
+
+  Args:
+    path: the GGUF file, for error messages.
+    meta: its metadata, as `read_gguf` returns it.
+  Returns:
+    A `transformers.PreTrainedTokenizerFast` with the file's bos/eos/unk/pad tokens, `add_bos_token` /
+    `add_eos_token` and chat template.
+  Raises:
+    ValueError: the file has no tokenizer, or one of a model other than `gpt2`.
+  """
+  kind = meta.get("tokenizer.ggml.model")
+  if kind is None or "tokenizer.ggml.tokens" not in meta:
+    raise ValueError(f"{path}: GGUF has no tokenizer (no tokenizer.ggml.model / tokenizer.ggml.tokens metadata)")
+  if kind != "gpt2":
+    raise ValueError(f"{path}: GGUF tokenizer model {kind!r} is not supported; only 'gpt2' (byte-level BPE) is")
+  if "tokenizer.ggml.merges" not in meta:
+    raise ValueError(f"{path}: GGUF byte-level BPE tokenizer lacks tokenizer.ggml.merges")
+  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast
+
+  tokens = list(meta["tokenizer.ggml.tokens"])
+  token_types = meta.get("tokenizer.ggml.token_type") or [_TOKEN_NORMAL] * len(tokens)
+
+  # Vocabularies are written in the byte alphabet; respell any token that is not (as transformers does).
+  spelling = _bytes_to_unicode()
+  alphabet = set(spelling.values())
+  vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
+           for i, t in enumerate(tokens)}
+  merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+  backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                                 end_of_word_suffix="", fuse_unk=False))
+  pre = meta.get("tokenizer.ggml.pre")
+  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+  if pre in _DIGIT_SPLIT_PRE:
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+  elif pre in _SPLIT_REGEX_PRE:
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_SPLIT_REGEX_PRE[pre]), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+  else:  # GPT-2's own regex, as transformers does for every other type
+    backend.pre_tokenizer = byte_level
+  backend.decoder = decoders.ByteLevel()
+  # A CONTROL token outside the byte alphabet is a llama.cpp mislabel; transformers skips those, and so do we.
+  backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, t_type in zip(tokens, token_types)
+                              if t_type == _TOKEN_CONTROL and set(t) <= alphabet])
+  backend.add_tokens([AddedToken(t, normalized=False, special=False) for t, t_type in zip(tokens, token_types)
+                      if t_type == _TOKEN_USER_DEFINED and t in vocab])
+
+  def token(key):
+    token_id = meta.get(f"tokenizer.ggml.{key}")
+    return tokens[token_id] if token_id is not None else None
+
+  return PreTrainedTokenizerFast(
+      tokenizer_object=backend,
+      bos_token=token("bos_token_id"),
+      eos_token=token("eos_token_id"),
+      unk_token=token("unknown_token_id"),
+      pad_token=token("padding_token_id"),
+      add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+      add_eos_token=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
+      chat_template=meta.get("tokenizer.chat_template"),
+  )
+
+
+def _save_tokenizer(path: Path, meta: dict[str, Any], out_dir: Path) -> None:
+  """Write `build_tokenizer`'s files (`tokenizer.json`, `tokenizer_config.json`, `chat_template.jinja`)."""
+  build_tokenizer(path, meta).save_pretrained(str(out_dir))
+
+
+@dataclasses.dataclass(frozen=True)
+class Converted:
+  """What `convert_gguf` wrote."""
+  out_dir: Path
+  files: list[str]
+  num_tensors: int
+  num_params: int
+
+
+def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Converted:
+  """Convert a Llama-family GGUF file into a Hugging Face model directory.
+
+  Writes `config.json`, `generation_config.json`, `model.safetensors` (float32, HF layout as in `read_gguf`) and
+  the tokenizer files (with the chat template) into a temporary sibling of `out_dir`, then moves it into place,
+  so a failure never leaves a half-written `out_dir`.
+
+  Raises:
+    FileExistsError: `out_dir` exists and is not an empty directory, and `overwrite` is False.
+    FileNotFoundError, ValueError: as `read_gguf`; ValueError also for a tokenizer we cannot rebuild
+      (`build_tokenizer`).
+  """
+  from safetensors.numpy import save_file
+
+  gguf_path, out_dir = Path(gguf_path), Path(out_dir).absolute()
+  if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    raise FileExistsError(f"{out_dir} already exists and is not empty (overwrite=True / --overwrite replaces it)")
+  config, state_dict, meta = read_gguf(gguf_path)
+
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+  tmp.mkdir()
+  try:
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+    (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    save_file(state_dict, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(tmp / "model.safetensors", (tmp / "config.json").stat().st_mode)  # safetensors writes it 0600
+    _save_tokenizer(gguf_path, meta, tmp)
+    files = sorted(p.name for p in tmp.iterdir())
+    if out_dir.exists():  # only reachable when empty or overwrite=True; move it aside so we can restore it
+      old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+      os.replace(out_dir, old)
+      try:
+        os.replace(tmp, out_dir)
+      except BaseException:
+        os.replace(old, out_dir)
+        raise
+      if old.is_dir():
+        shutil.rmtree(old)
+      else:
+        old.unlink()
+    else:
+      os.replace(tmp, out_dir)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return Converted(out_dir, files, len(state_dict), sum(a.size for a in state_dict.values()))

@@ -1,0 +1,18 @@
+"""Shared pytest fixtures."""
+
+from pathlib import Path
+
+import pytest
+
+SMOLLM2_GGUF = (Path(__file__).resolve().parents[1].parent / "shared" / "models" / "smollm2-135m-instruct-gguf"
+                / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+  """SmolLM2-135M-Instruct converted from the shared 4-bit GGUF to a HF directory, once per session."""
+  if not SMOLLM2_GGUF.is_file():
+    pytest.skip(f"shared SmolLM2 GGUF not found at {SMOLLM2_GGUF}")
+  from sparkjax.models.gguf import convert_gguf
+
+  return convert_gguf(SMOLLM2_GGUF, tmp_path_factory.mktemp("smollm2") / "hf").out_dir

@@ -1,0 +1,81 @@
+"""Bad input to the main job: clear errors, nothing already in the workdir damaged; NaN stops the run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparkjax.data.jsonl import read_jsonl
+from sparkjax.train import metrics as metrics_lib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _main(workdir, *args):
+  return subprocess.run([sys.executable, "-m", "sparkjax.main", "--config=configs/arith.py:runlocal", *args,
+                         f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def _snapshot(d: Path):
+  return {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+
+
+def test_group_size_not_dividing_batch(tmp_path):
+  (tmp_path / "keep.txt").write_text("precious")
+  r = _main(tmp_path, "--config.rl.batch_size=18", "--config.rl.group_size=4", "--config.sft.steps=0")
+  assert r.returncode != 0
+  assert "rl.batch_size=18" in r.stderr and "rl.group_size=4" in r.stderr and "Traceback" not in r.stderr
+  assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("override,msg", [("--config.rl.group_size=four", "group_size"),
+                                          ("--config.rl.groupsize=4", "unknown key 'groupsize'")])
+def test_bad_overrides(tmp_path, override, msg):
+  r = _main(tmp_path, override)
+  assert r.returncode != 0 and msg in r.stderr
+  assert not any(tmp_path.iterdir())
+
+
+def test_nan_loss_stops_before_checkpoint(tmp_path):
+  r = _main(tmp_path, "--config.sft.optimizer.lr=nan")
+  assert r.returncode != 0
+  assert "non-finite loss=nan at step 1" in r.stderr, r.stderr[-2000:]
+  ckpts = tmp_path / "checkpoints" / "sft"
+  assert not ckpts.exists() or not any(p.name.isdigit() for p in ckpts.iterdir())
+
+
+def test_nan_in_a_resumed_run_keeps_the_good_checkpoints(tmp_path):
+  assert _main(tmp_path, "--config.rl.iterations=2", "--config.rl.optimizer.total_steps=2").returncode == 0
+  before = _snapshot(tmp_path / "checkpoints")
+  r = _main(tmp_path, "--config.rl.iterations=4", "--config.rl.optimizer.lr=nan")
+  assert r.returncode != 0 and "non-finite" in r.stderr
+  after = _snapshot(tmp_path / "checkpoints")
+  assert all(after.get(p) == b for p, b in before.items())  # nothing written before is damaged
+  assert not (tmp_path / "checkpoints" / "rl" / "4").exists()
+
+
+def test_metrics_loop_names_the_step():
+  loop = metrics_lib.MetricsLoop(metrics_lib.Writer("", enabled=False))
+  loop.push(0, {"loss": 1.0})
+  assert loop.push(1, {"loss": float("nan")}) == {"loss": 1.0}
+  with pytest.raises(metrics_lib.NonFiniteError, match="non-finite loss=nan at step 1"):
+    loop.flush()
+  loop.push(2, {"loss": float("inf")})
+  with pytest.raises(metrics_lib.NonFiniteError, match="non-finite loss=inf at step 2"):
+    loop.flush()
+
+
+def test_jsonl_errors_name_file_and_line(tmp_path):
+  f = tmp_path / "d.jsonl"
+  f.write_bytes(b'{"question": "a", "answer": "1"}\n{"question": "b"}\n')
+  with pytest.raises(ValueError, match=r"d.jsonl:2: missing field\(s\) 'answer'"):
+    read_jsonl(f, ["question", "answer"])
+  f.write_bytes(b'{"question": "a", "answer": "1"}\n\xff\xfe{"q"}\n')
+  with pytest.raises(ValueError, match=r"d.jsonl:2: not valid UTF-8"):
+    read_jsonl(f, ["question"])
+  f.write_bytes(b'{"question": "a"\n')
+  with pytest.raises(ValueError, match=r"d.jsonl:1: not valid JSON"):
+    read_jsonl(f)
+  with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    read_jsonl(tmp_path / "nope.jsonl")
