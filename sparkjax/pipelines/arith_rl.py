@@ -89,13 +89,19 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer) -> tuple:
     it.set_state(data_state)
     _say(f"sft: resumed from step {int(state.step)}")
   step_fn = sft.make_sft_step(cfg, tx, schedule, c.accum)
-  loop = metrics_lib.MetricsLoop(writer, "sft/")
+  def throughput(m):
+    return dict(tokens_per_second=m["target_tokens"] / max(m["step_seconds"], 1e-9))
+
+  loop = metrics_lib.MetricsLoop(writer, "sft/", derive=throughput)
   start = int(state.step)
+  t_last = time.time()
   bar = tqdm(range(start, c.steps), initial=start, total=c.steps, desc="sft", file=sys.stderr,
              disable=jax.process_index() != 0 or start >= c.steps)
   for step in bar:
     state, m = step_fn(state, next(it))
-    host = loop.push(step, m)
+    now = time.time()
+    host = loop.push(step, m, dict(step_seconds=now - t_last))
+    t_last = now
     if host:
       bar.set_postfix(loss=f"{host['loss']:.3f}", tok_acc=f"{host['token_accuracy']:.3f}")
     if (step + 1) % config.checkpoint.every == 0 or step + 1 == c.steps:
@@ -134,7 +140,11 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
     it.set_state(data_state)
     _say(f"rl: resumed from iteration {int(state.step) // c.mu}")
   iterate = rl_iteration.make_iteration(cfg, settings, tx, reward_fn, schedule)
-  loop = metrics_lib.MetricsLoop(writer, "rl/")
+  def throughput(m):
+    dt = max(m["iteration_seconds"], 1e-9)
+    return dict(samples_per_second=c.batch_size / dt, tokens_per_second=m["generated_tokens"] / dt)
+
+  loop = metrics_lib.MetricsLoop(writer, "rl/", derive=throughput)
   start = int(state.step) // c.mu
   bar = tqdm(range(start, c.iterations), initial=start, total=c.iterations, desc="grpo", file=sys.stderr,
              disable=jax.process_index() != 0 or start >= c.iterations)

@@ -63,8 +63,9 @@ def to_host(metrics: dict) -> dict:
 class MetricsLoop:
   """One-step-lagged metric fetching (see the module docstring)."""
 
-  def __init__(self, writer: Writer, prefix: str = ""):
-    self.writer, self.prefix = writer, prefix
+  def __init__(self, writer: Writer, prefix: str = "", derive=None):
+    """derive(host_metrics) -> dict of extra metrics computed on the host (e.g. throughput)."""
+    self.writer, self.prefix, self.derive = writer, prefix, derive
     self._pending: tuple[int, dict] | None = None
     self.last: dict = {}
 
@@ -82,6 +83,8 @@ class MetricsLoop:
     self._pending = None
     host = to_host(metrics) | extra
     check_finite(step, host)
+    if self.derive is not None:
+      host |= self.derive(host)
     self.writer.scalars(step, host, self.prefix)
     self.last = host
     return host
