@@ -38,6 +38,8 @@ def get_config(arg=None):
 
   c.rl = ml_collections.ConfigDict()
   c.rl.iterations = arg.iterations
+  c.rl.reward = "device"  # "device": exact token match inside the jitted iteration; "host": decode + grader pool
+  c.rl.host_grader = "world"  # for reward=host: a name in sparkjax.data.host_grading.GRADERS
   c.rl.batch_size = 128  # rollouts per iteration = prompts x group_size
   c.rl.group_size = 8
   c.rl.temperature = 1.0

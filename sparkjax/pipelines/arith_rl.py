@@ -113,7 +113,40 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer) -> tuple:
   return state.params, float(acc)
 
 
-# ---- GRPO --------------------------------------------------------------------------------------------------------
+# ---- GRPO ---------------------------------------------------------------------------------------------------------
+
+
+class HostRewardIteration:
+  """The GRPO iteration split around a host reward: jitted rollout -> decode + grade in worker processes ->
+  jitted advantages + update. Same signature as the one-jit iteration."""
+
+  def __init__(self, cfg, settings, tx, schedule, tokenizer, grader: str, workers: int = 2, timeout: float = 10.0):
+    from sparkjax.data.host_grading import GraderPool
+
+    self.rollout = rl_iteration.make_rollout(cfg, settings)
+    self.update = rl_iteration.make_update(cfg, settings, tx, schedule)
+    self.settings, self.tokenizer = settings, tokenizer
+    self.pool = GraderPool(grader, workers, timeout)
+
+  def __call__(self, state, ref_params, prompt, prompt_mask, targets):
+    G = self.settings.group_size
+    out = self.rollout(state.params, prompt, prompt_mask, state.key())
+    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    preds = [self.tokenizer.decode(tokens[i, :lengths[i]]) for i in range(len(lengths))]
+    golds = [self.tokenizer.decode([int(t)]) for t in np.repeat(np.asarray(targets), G)]
+    graded = self.pool.grade(preds, golds)
+    rewards = jnp.asarray(graded.rewards)
+    adv = rl_iteration.grpo.ADVANTAGES[self.settings.advantage](rewards, G)
+    batch = dict(prompt=prompt, prompt_mask=prompt_mask, tokens=out.tokens, lengths=out.lengths,
+                 old_logp=out.logprobs, advantages=adv)
+    state, metrics = self.update(state, ref_params, batch)
+    metrics = metrics | rl_iteration.rollout_metrics(rewards, out, G) | dict(
+        generated_tokens=out.lengths.sum(), grader_timeouts=graded.timeouts, grader_errors=graded.errors)
+    return state, metrics
+
+  def close(self):
+    self.pool.close()
+
 
 
 def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_params, writer, tokenizer) -> dict:
@@ -139,7 +172,12 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
     state, data_state, history = ckpt.restore(state)
     it.set_state(data_state)
     _say(f"rl: resumed from iteration {int(state.step) // c.mu}")
-  iterate = rl_iteration.make_iteration(cfg, settings, tx, reward_fn, schedule)
+  if c.reward == "device":
+    iterate = rl_iteration.make_iteration(cfg, settings, tx, reward_fn, schedule)
+  elif c.reward == "host":
+    iterate = HostRewardIteration(cfg, settings, tx, schedule, tokenizer, c.host_grader)
+  else:
+    raise ValueError(f"config rl.reward={c.reward!r}: expected 'device' or 'host'")
   def throughput(m):
     dt = max(m["iteration_seconds"], 1e-9)
     return dict(samples_per_second=c.batch_size / dt, tokens_per_second=m["generated_tokens"] / dt)
@@ -169,6 +207,8 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
       ckpt.save(i + 1, state, _data_state(it), history)
   final = loop.flush() or loop.last
   ckpt.close()
+  if isinstance(iterate, HostRewardIteration):
+    iterate.close()
   return dict(history=history, final_metrics=final)
 
 
