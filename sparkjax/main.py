@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from sparkjax.config_args import parse_flags
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "generate.py")
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "arith.py")
 PIPELINES = {"arith_rl": "sparkjax.pipelines.arith_rl", "generate": "sparkjax.pipelines.generate"}
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file (configs/*.py[:args]).",

@@ -35,7 +35,7 @@ def test_main_job_writes_the_promised_curves(tmp_path):
   r = subprocess.run([sys.executable, "-m", "sparkjax.main", "--config=configs/arith.py:runlocal",
                       f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "held-out accuracy: after SFT" in r.stdout
+  assert "held-out accuracy (T=1 samples): after SFT" in r.stdout
   summary = json.loads((tmp_path / "summary.json").read_text())
   acc = _read(tmp_path / "tensorboard")
   tags = set(acc.Tags()["scalars"])

@@ -63,14 +63,26 @@ class WorldEncoder:
 
 
 def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
-  """An endless, batched stream of this process's share of each global batch; kind is "rl" or "sft"."""
+                  process_count: int = 1, p_error: float = 0.0) -> grain.IterDataset:
+  """An endless, batched stream of this process's share of each global batch; kind is "rl" or "sft".
+
+  For SFT, p_error is the fraction of demonstrations written by the corruption model (an imperfect generator).
+  """
   if global_batch % process_count:
     raise ValueError(f"global batch {global_batch} does not divide over {process_count} processes")
-  encode = {"rl": encoder.rl_example, "sft": encoder.sft_example}[kind]
   world = encoder.world
+
+  def example(i):
+    problem = arith.problem_at(seed, int(i), world)
+    if kind == "rl":
+      return encoder.rl_example(problem)
+    solution = arith.sample_solution(problem, np.random.default_rng([seed, int(i), 1]), world, p_error)
+    return encoder.sft_example(problem, solution)
+
+  if kind not in ("rl", "sft"):
+    raise ValueError(f"unknown dataset kind {kind!r}; expected 'rl' or 'sft'")
   ds = grain.MapDataset.range(0, 2**62)[process_index::process_count]
-  ds = ds.map(lambda i: encode(arith.problem_at(seed, int(i), world)))
+  ds = ds.map(example)
   return ds.batch(global_batch // process_count, drop_remainder=True).to_iter_dataset()
 
 

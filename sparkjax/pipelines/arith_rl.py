@@ -50,16 +50,21 @@ def model_config(config, tokenizer) -> ModelConfig:
                      eos_token_id=tokenizer.eos_token_id, param_dtype=m.dtype, compute_dtype=m.dtype)
 
 
-def make_evaluator(cfg, encoder: world_data.WorldEncoder, reward_fn, eval_batch: dict, max_new_tokens: int):
-  """Greedy held-out accuracy: fraction of problems whose response ends in the right answer."""
-  sp = sampling.SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_tokens=(encoder.eos,),
-                               pad_id=encoder.pad)
+def make_evaluator(cfg, encoder: world_data.WorldEncoder, reward_fn, eval_batch: dict, max_new_tokens: int,
+                   samples: int = 4, temperature: float = 1.0):
+  """Held-out accuracy of the policy: (mean reward of `samples` samples per problem at `temperature`, greedy
+  accuracy, greedy response tokens). The sampling key is fixed, so every evaluation sees the same noise."""
+  kw = dict(max_new_tokens=max_new_tokens, stop_tokens=(encoder.eos,), pad_id=encoder.pad)
+  greedy = sampling.SamplingParams(temperature=0.0, **kw)
+  sampled = sampling.SamplingParams(temperature=temperature, num_samples=samples, **kw)
+  prompt, mask, target = eval_batch["prompt"], eval_batch["prompt_mask"], eval_batch["target"]
 
   @jax.jit
   def evaluate(params):
-    out = sampling.sample(params, eval_batch["prompt"], eval_batch["prompt_mask"], jax.random.key(0), cfg=cfg,
-                          sp=sp)
-    return reward_fn(out.tokens, out.lengths, out.finished, eval_batch["target"]).mean(), out.tokens
+    out = sampling.sample(params, prompt, mask, jax.random.key(0), cfg=cfg, sp=sampled)
+    acc = reward_fn(out.tokens, out.lengths, out.finished, jnp.repeat(target, samples)).mean()
+    g = sampling.sample(params, prompt, mask, jax.random.key(0), cfg=cfg, sp=greedy)
+    return acc, reward_fn(g.tokens, g.lengths, g.finished, target).mean(), g.tokens
 
   return evaluate
 
@@ -80,7 +85,7 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer) -> tuple:
   tx, schedule = state_lib.make_optimizer(c.optimizer)
   ckpt = Checkpointer(workdir / "checkpoints" / "sft", max_to_keep=config.checkpoint.keep)
   data = world_data.world_dataset(encoder, config.data.train_seed, c.batch_size, "sft",
-                                  jax.process_index(), jax.process_count())
+                                  jax.process_index(), jax.process_count(), p_error=c.p_error)
   it = iter(data)
   params = transformer.init_params(cfg, jax.random.key(config.seed))
   state = state_lib.create_state(params, tx, config.seed)
@@ -108,9 +113,9 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer) -> tuple:
       loop.flush()  # check this step's metrics before its checkpoint exists
       ckpt.save(step + 1, state, _data_state(it))
   loop.flush()
-  acc, _ = evaluate(state.params)
+  acc, greedy_acc, _ = evaluate(state.params)
   ckpt.close()
-  return state.params, float(acc)
+  return state.params, float(acc), float(greedy_acc)
 
 
 # ---- GRPO ---------------------------------------------------------------------------------------------------------
@@ -197,11 +202,11 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
       bar.set_postfix(reward=f"{host['reward_mean']:.3f}", kl=f"{host['kl']:.4f}")
     last = i + 1 == c.iterations
     if (i + 1) % c.eval_every == 0 or last:
-      acc, tokens = evaluate(state.params)
-      history[str(i + 1)] = float(acc)
-      writer.scalars(i + 1, dict(heldout_accuracy=float(acc)), "eval/")
+      acc, greedy_acc, tokens = evaluate(state.params)
+      history[str(i + 1)] = dict(accuracy=float(acc), greedy_accuracy=float(greedy_acc))
+      writer.scalars(i + 1, dict(heldout_accuracy=float(acc), heldout_greedy_accuracy=float(greedy_acc)), "eval/")
       writer.text(i + 1, "eval/samples", _decode_samples(tokenizer, np.asarray(tokens)))
-      _say(f"grpo iteration {i + 1}: held-out accuracy {float(acc):.3f}")
+      _say(f"grpo iteration {i + 1}: held-out accuracy {float(acc):.3f} (sampled), {float(greedy_acc):.3f} (greedy)")
     if (i + 1) % config.checkpoint.every == 0 or last:
       loop.flush()
       ckpt.save(i + 1, state, _data_state(it), history)
@@ -230,19 +235,20 @@ def run(config, workdir: str) -> dict:
 
   # Phase 1: SFT.
   t0 = time.time()
-  sft_params, sft_acc = sft_phase(config, workdir, cfg, encoder, evaluate, writer)
-  _say(f"sft done in {time.time() - t0:.0f}s: held-out accuracy {sft_acc:.3f}")
-  writer.scalars(0, dict(heldout_accuracy=sft_acc), "eval/")
+  sft_params, sft_acc, sft_greedy = sft_phase(config, workdir, cfg, encoder, evaluate, writer)
+  _say(f"sft done in {time.time() - t0:.0f}s: held-out accuracy {sft_acc:.3f} (sampled), {sft_greedy:.3f} (greedy)")
+  writer.scalars(0, dict(heldout_accuracy=sft_acc, heldout_greedy_accuracy=sft_greedy), "eval/")
 
   # Phase 2: GRPO.
   t0 = time.time()
   rl = rl_phase(config, workdir, cfg, encoder, evaluate, reward_fn, sft_params, writer, tokenizer)
-  final_acc = rl["history"][str(config.rl.iterations)]
-  _say(f"grpo done in {time.time() - t0:.0f}s: held-out accuracy {sft_acc:.3f} -> {final_acc:.3f}")
+  final = rl["history"][str(config.rl.iterations)]
+  _say(f"grpo done in {time.time() - t0:.0f}s")
   writer.close()
-  summary = dict(sft_accuracy=sft_acc, rl_accuracy=final_acc, history=rl["history"],
-                 final_metrics=rl["final_metrics"])
+  summary = dict(sft_accuracy=sft_acc, sft_greedy_accuracy=sft_greedy, rl_accuracy=final["accuracy"],
+                 rl_greedy_accuracy=final["greedy_accuracy"], history=rl["history"], final_metrics=rl["final_metrics"])
   if jax.process_index() == 0:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-  print(f"held-out accuracy: after SFT {sft_acc:.3f}, after GRPO {final_acc:.3f}")
+  print(f"held-out accuracy (T=1 samples): after SFT {sft_acc:.3f}, after GRPO {final['accuracy']:.3f}; "
+        f"greedy: {sft_greedy:.3f} -> {final['greedy_accuracy']:.3f}")
   return summary

@@ -46,8 +46,9 @@ def make_schedule(lr: float, total_steps: int, warmup_steps: int = 0, schedule: 
 
 def make_optimizer(opt_cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW with global-norm clipping from a config with fields lr, total_steps, warmup_steps, schedule, b1, b2,
-  weight_decay, grad_clip (0 = off)."""
+  eps (optional, default 1e-8), weight_decay, grad_clip (0 = off)."""
   sched = make_schedule(opt_cfg.lr, opt_cfg.total_steps, opt_cfg.warmup_steps, opt_cfg.schedule)
   parts = [optax.clip_by_global_norm(opt_cfg.grad_clip)] if opt_cfg.grad_clip > 0 else []
-  parts.append(optax.adamw(sched, b1=opt_cfg.b1, b2=opt_cfg.b2, weight_decay=opt_cfg.weight_decay))
+  parts.append(optax.adamw(sched, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.get("eps", 1e-8),
+                           weight_decay=opt_cfg.weight_decay))
   return optax.chain(*parts), sched
