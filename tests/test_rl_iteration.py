@@ -182,3 +182,23 @@ def test_host_and_device_rewards_agree_on_world_text(setup):
   host = np.asarray([world_grade(tok.decode(r), str(g)) for r, g in zip(rows, golds)])
   np.testing.assert_array_equal(dev, host)
   assert 0 < dev.sum() < 40
+
+
+def test_token_level_advantages(setup):
+  """[N, T] advantages are used per token: equal to [N] when constant along T, different when they vary."""
+  tok, enc, cfg, tx, schedule, reward_fn, batch = setup
+  settings = _settings(enc)
+  params = transformer.init_params(cfg, jax.random.key(0), std=0.1)
+  out = rl.make_rollout(cfg, settings)(params, batch["prompt"], batch["prompt_mask"], jax.random.key(3))
+  adv = jnp.linspace(-1.0, 1.0, out.tokens.shape[0])
+  base = dict(prompt=batch["prompt"], prompt_mask=batch["prompt_mask"], tokens=out.tokens, lengths=out.lengths,
+              old_logp=out.logprobs)
+  update = rl.make_update(cfg, settings, tx)
+  fresh = lambda: state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0)
+  _, m_seq = update(fresh(), params, base | dict(advantages=adv))
+  T = out.tokens.shape[1]
+  _, m_tok = update(fresh(), params, base | dict(advantages=jnp.broadcast_to(adv[:, None], (len(adv), T))))
+  assert float(m_seq["loss"]) == pytest.approx(float(m_tok["loss"]), abs=1e-6)
+  first_only = jnp.zeros((len(adv), T)).at[:, 0].set(adv)
+  _, m_first = update(fresh(), params, base | dict(advantages=first_only))
+  assert float(m_first["loss"]) != pytest.approx(float(m_seq["loss"]), abs=1e-6)
