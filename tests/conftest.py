@@ -1,4 +1,9 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures. Eight fake CPU devices are configured here, before JAX starts, for the sharding tests."""
+
+import os
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 from pathlib import Path
 
