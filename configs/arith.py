@@ -63,6 +63,8 @@ def get_config(arg=None):
   # RL takes ~100x smaller steps than SFT: at 1e-4 this 0.8M model drifts and greedy accuracy falls.
   c.rl.optimizer = _optimizer(3e-5, arg.iterations, schedule="constant")
 
+  # Mesh axis sizes (-1: the remaining devices); the world's model is small, so pure data parallel.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tp=1))
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3))
 
   if arg.runlocal:
@@ -72,7 +74,7 @@ def get_config(arg=None):
     c.sft.batch_size = 8
     c.sft.optimizer.total_steps = 6
     c.rl.iterations = 4
-    c.rl.batch_size = 16
+    c.rl.batch_size = 32  # 8 prompts: divides over up to 8 data-parallel devices
     c.rl.group_size = 4
     c.rl.eval_every = 2
     c.rl.optimizer.total_steps = 4

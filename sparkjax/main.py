@@ -13,6 +13,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from sparkjax import distributed
 from sparkjax.config_args import parse_flags
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "arith.py")
@@ -31,6 +32,7 @@ def main(argv):
   if config.pipeline not in PIPELINES:
     sys.exit(f"config field pipeline={config.pipeline!r} is not known; known: {', '.join(PIPELINES)}")
   try:
+    distributed.initialize_from_env()
     importlib.import_module(PIPELINES[config.pipeline]).run(config, flags.FLAGS.workdir)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     # Expected failures (bad input, non-finite loss) end with one clear line; set SPARKJAX_TRACEBACK=1 to debug.

@@ -2,7 +2,7 @@
 
 Problem i of a stream is `arith.problem_at(seed, i)`, so a dataset is `MapDataset.range(...)` mapped through the
 encoder and the iterator state is one index: it checkpoints as JSON and resumes exactly. With several processes each
-reads its own slice of every global batch (`process_index::process_count`).
+reads its own contiguous block of rows of every global batch.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class WorldEncoder:
 
 def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str, process_index: int = 0,
                   process_count: int = 1, p_error: float = 0.0) -> grain.IterDataset:
-  """An endless, batched stream of this process's share of each global batch; kind is "rl" or "sft".
+  """An endless, batched stream of this process's rows of each global batch; kind is "rl" or "sft".
 
   For SFT, p_error is the fraction of demonstrations written by the corruption model (an imperfect generator).
   """
@@ -81,8 +81,14 @@ def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str
 
   if kind not in ("rl", "sft"):
     raise ValueError(f"unknown dataset kind {kind!r}; expected 'rl' or 'sft'")
-  ds = grain.MapDataset.range(0, 2**62)[process_index::process_count]
-  ds = ds.map(example)
+  local = global_batch // process_count
+
+  def global_index(j):
+    # Process p holds rows [p * local, (p + 1) * local) of every global batch, so the assembled global batch is
+    # the same whatever the number of processes.
+    return (j // local) * global_batch + process_index * local + j % local
+
+  ds = grain.MapDataset.range(0, 2**62).map(lambda j: example(global_index(int(j))))
   return ds.batch(global_batch // process_count, drop_remainder=True).to_iter_dataset()
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 from tqdm import tqdm
 
-from sparkjax import sampling
+from sparkjax import distributed, sampling, sharding
 from sparkjax.data import arith, world_data
 from sparkjax.data.grading import make_suffix_reward
 from sparkjax.models import transformer
@@ -29,7 +30,32 @@ from sparkjax.train.checkpoint import Checkpointer
 
 
 def _say(msg: str):
-  print(msg, file=sys.stderr, flush=True)
+  if distributed.is_main():
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Placement:
+  """Where arrays live: the mesh, the model's state shardings, and host batches -> global arrays."""
+
+  def __init__(self, config, cfg: ModelConfig):
+    self.mesh = sharding.make_mesh(sharding.MeshConfig(**config.mesh))
+    self.params = sharding.param_shardings(cfg, self.mesh)
+    sharding.check_replication(transformer.abstract_params(cfg), self.params)
+    self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self.abstract_params = transformer.abstract_params(cfg)
+
+  def state(self, tx):
+    return state_lib.state_shardings(tx, self.abstract_params, self.params, self.mesh)
+
+  def batch(self, local: dict, what: str) -> dict:
+    """This process's rows -> global arrays split over the data axes."""
+    n = next(iter(local.values())).shape[0] * jax.process_count()
+    sharding.check_batch(n, self.mesh, what=what)
+    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh, v.ndim), v)
+            for k, v in local.items()}
+
+  def replicate(self, tree):
+    return jax.device_put(tree, self.replicated)
 
 
 def world_and_tokenizer(config, workdir: Path):
@@ -69,6 +95,11 @@ def make_evaluator(cfg, encoder: world_data.WorldEncoder, reward_fn, eval_batch:
   return evaluate
 
 
+def _host(x) -> np.ndarray:
+  """A global array's full value on this host (gathered from the other processes if needed)."""
+  return np.asarray(x if x.is_fully_addressable else multihost_utils.process_allgather(x, tiled=True))
+
+
 def _decode_samples(tokenizer, tokens, n=4) -> str:
   return "\n\n".join(tokenizer.decode([t for t in row if t != tokenizer.pad_token_id]) for row in tokens[:n])
 
@@ -80,15 +111,15 @@ def _data_state(it) -> dict:
 # ---- SFT ---------------------------------------------------------------------------------------------------------
 
 
-def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer) -> tuple:
+def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: Placement) -> tuple:
   c = config.sft
   tx, schedule = state_lib.make_optimizer(c.optimizer)
   ckpt = Checkpointer(workdir / "checkpoints" / "sft", max_to_keep=config.checkpoint.keep)
   data = world_data.world_dataset(encoder, config.data.train_seed, c.batch_size, "sft",
                                   jax.process_index(), jax.process_count(), p_error=c.p_error)
   it = iter(data)
-  params = transformer.init_params(cfg, jax.random.key(config.seed))
-  state = state_lib.create_state(params, tx, config.seed)
+  state = state_lib.create_sharded_state(lambda: transformer.init_params(cfg, jax.random.key(config.seed)), tx,
+                                         config.seed, place.state(tx))
   if ckpt.latest_step() is not None:
     state, data_state, _ = ckpt.restore(state)
     it.set_state(data_state)
@@ -103,7 +134,7 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer) -> tuple:
   bar = tqdm(range(start, c.steps), initial=start, total=c.steps, desc="sft", file=sys.stderr,
              disable=jax.process_index() != 0 or start >= c.steps)
   for step in bar:
-    state, m = step_fn(state, next(it))
+    state, m = step_fn(state, place.batch(next(it), "sft.batch_size"))
     now = time.time()
     host = loop.push(step, m, dict(step_seconds=now - t_last))
     t_last = now
@@ -136,11 +167,14 @@ class HostRewardIteration:
   def __call__(self, state, ref_params, prompt, prompt_mask, targets):
     G = self.settings.group_size
     out = self.rollout(state.params, prompt, prompt_mask, state.key())
-    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    # Every process grades all rows (the grading is cheap next to sampling) so rewards come out replicated.
+    tokens, lengths, targets = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                                for x in (out.tokens, out.lengths, targets))
     preds = [self.tokenizer.decode(tokens[i, :lengths[i]]) for i in range(len(lengths))]
     golds = [self.tokenizer.decode([int(t)]) for t in np.repeat(np.asarray(targets), G)]
     graded = self.pool.grade(preds, golds)
-    rewards = jnp.asarray(graded.rewards)
+    rewards = jax.device_put(graded.rewards, jax.sharding.NamedSharding(out.tokens.sharding.mesh,
+                                                                          jax.sharding.PartitionSpec()))
     adv = rl_iteration.grpo.ADVANTAGES[self.settings.advantage](rewards, G)
     batch = dict(prompt=prompt, prompt_mask=prompt_mask, tokens=out.tokens, lengths=out.lengths,
                  old_logp=out.logprobs, advantages=adv)
@@ -154,7 +188,8 @@ class HostRewardIteration:
 
 
 
-def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_params, writer, tokenizer) -> dict:
+def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_params, writer, tokenizer,
+             place: Placement) -> dict:
   c = config.rl
   if c.batch_size % c.group_size:
     raise ValueError(f"config rl.batch_size={c.batch_size} (rollouts per iteration) is not a multiple of "
@@ -171,7 +206,8 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
                                   jax.process_count())
   it = iter(data)
   ref_params = sft_params
-  state = state_lib.create_state(jax.tree.map(jnp.copy, sft_params), tx, config.seed + 1)
+  # A fresh copy of the SFT params (the reference stays), created on the state's shardings.
+  state = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed + 1), out_shardings=place.state(tx))(sft_params)
   history = {}
   if ckpt.latest_step() is not None:
     state, data_state, history = ckpt.restore(state)
@@ -193,7 +229,7 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
              disable=jax.process_index() != 0 or start >= c.iterations)
   t_last = time.time()
   for i in bar:
-    batch = next(it)
+    batch = place.batch(next(it), "rl.batch_size / rl.group_size (prompts per iteration)")
     state, m = iterate(state, ref_params, batch["prompt"], batch["prompt_mask"], batch["target"])
     now = time.time()
     host = loop.push(i, m, dict(iteration_seconds=now - t_last))
@@ -205,7 +241,7 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
       acc, greedy_acc, tokens = evaluate(state.params)
       history[str(i + 1)] = dict(accuracy=float(acc), greedy_accuracy=float(greedy_acc))
       writer.scalars(i + 1, dict(heldout_accuracy=float(acc), heldout_greedy_accuracy=float(greedy_acc)), "eval/")
-      writer.text(i + 1, "eval/samples", _decode_samples(tokenizer, np.asarray(tokens)))
+      writer.text(i + 1, "eval/samples", _decode_samples(tokenizer, _host(tokens)))
       _say(f"grpo iteration {i + 1}: held-out accuracy {float(acc):.3f} (sampled), {float(greedy_acc):.3f} (greedy)")
     if (i + 1) % config.checkpoint.every == 0 or last:
       loop.flush()
@@ -227,28 +263,30 @@ def run(config, workdir: str) -> dict:
   cfg = model_config(config, tokenizer)
   template, slot, once = encoder.answer_template()
   reward_fn = make_suffix_reward(template, slot, once)
-  eval_batch = world_data.eval_set(encoder, config.data.eval_seed, config.data.eval_size)
+  place = Placement(config, cfg)
+  eval_batch = place.replicate(world_data.eval_set(encoder, config.data.eval_seed, config.data.eval_size))
   evaluate = make_evaluator(cfg, encoder, reward_fn, eval_batch, encoder.solution_len)
-  writer = metrics_lib.Writer(workdir / "tensorboard", enabled=jax.process_index() == 0)
+  writer = metrics_lib.Writer(workdir / "tensorboard", enabled=distributed.is_main())
   _say(f"model: {cfg.num_params() / 1e6:.2f}M params; prompt {encoder.prompt_len} tokens, "
        f"response up to {encoder.solution_len}")
 
   # Phase 1: SFT.
   t0 = time.time()
-  sft_params, sft_acc, sft_greedy = sft_phase(config, workdir, cfg, encoder, evaluate, writer)
+  sft_params, sft_acc, sft_greedy = sft_phase(config, workdir, cfg, encoder, evaluate, writer, place)
   _say(f"sft done in {time.time() - t0:.0f}s: held-out accuracy {sft_acc:.3f} (sampled), {sft_greedy:.3f} (greedy)")
   writer.scalars(0, dict(heldout_accuracy=sft_acc, heldout_greedy_accuracy=sft_greedy), "eval/")
 
   # Phase 2: GRPO.
   t0 = time.time()
-  rl = rl_phase(config, workdir, cfg, encoder, evaluate, reward_fn, sft_params, writer, tokenizer)
+  rl = rl_phase(config, workdir, cfg, encoder, evaluate, reward_fn, sft_params, writer, tokenizer, place)
   final = rl["history"][str(config.rl.iterations)]
   _say(f"grpo done in {time.time() - t0:.0f}s")
   writer.close()
   summary = dict(sft_accuracy=sft_acc, sft_greedy_accuracy=sft_greedy, rl_accuracy=final["accuracy"],
                  rl_greedy_accuracy=final["greedy_accuracy"], history=rl["history"], final_metrics=rl["final_metrics"])
-  if jax.process_index() == 0:
+  if distributed.is_main():
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-  print(f"held-out accuracy (T=1 samples): after SFT {sft_acc:.3f}, after GRPO {final['accuracy']:.3f}; "
-        f"greedy: {sft_greedy:.3f} -> {final['greedy_accuracy']:.3f}")
+  if distributed.is_main():
+    print(f"held-out accuracy (T=1 samples): after SFT {sft_acc:.3f}, after GRPO {final['accuracy']:.3f}; "
+          f"greedy: {sft_greedy:.3f} -> {final['greedy_accuracy']:.3f}")
   return summary

@@ -31,6 +31,23 @@ def create_state(params, tx: optax.GradientTransformation, seed: int) -> TrainSt
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
 
 
+def state_shardings(tx: optax.GradientTransformation, abstract_params, param_shardings, mesh):
+  """Shardings of a TrainState: optimizer moments follow their parameter, everything else is replicated."""
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  replicated = NamedSharding(mesh, PartitionSpec())
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
+                              transform_non_params=lambda _: replicated)
+  return TrainState(step=replicated, params=param_shardings, opt_state=opt, rng=replicated)
+
+
+def create_sharded_state(init_params, tx: optax.GradientTransformation, seed: int, shardings: TrainState):
+  """A TrainState built directly on its shardings: `init_params()` runs inside one jit whose outputs are placed,
+  so no device ever holds the whole unsharded state."""
+  return jax.jit(lambda: create_state(init_params(), tx, seed), out_shardings=shardings)()
+
+
 def make_schedule(lr: float, total_steps: int, warmup_steps: int = 0, schedule: str = "constant",
                   final_fraction: float = 0.1) -> optax.Schedule:
   """Learning rate per optimizer update: linear warmup, then constant or cosine down to `final_fraction * lr`."""
