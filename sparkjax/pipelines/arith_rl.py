@@ -124,7 +124,8 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: Plac
     state, data_state, _ = ckpt.restore(state)
     it.set_state(data_state)
     _say(f"sft: resumed from step {int(state.step)}")
-  step_fn = sft.make_sft_step(cfg, tx, schedule, c.accum)
+  step_fn = sft.make_sft_step(cfg, tx, schedule, c.accum, state_sharding=place.state(tx),
+                              batch_sharding=sharding.batch_sharding(place.mesh, 2))
   def throughput(m):
     return dict(tokens_per_second=m["target_tokens"] / max(m["step_seconds"], 1e-9))
 
