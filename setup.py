@@ -24,5 +24,7 @@ setup(
         # Accelerator builds of the same jax release; see the README's "Accelerators" section.
         "cuda12": ["jax[cuda12]==0.10.2"],
         "tpu": ["jax[tpu]==0.10.2"],
+        # Compiles for TPU topologies on any machine (sparkjax.tools.plan); the version jax[tpu] pins.
+        "plan": ["libtpu==0.0.42.*"],
     },
 )

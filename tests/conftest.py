@@ -2,6 +2,8 @@
 
 import os
 
+# CPU only: an installed libtpu would otherwise be probed (and its lock file taken) by every JAX process.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 

@@ -174,8 +174,10 @@ class HostRewardIteration:
     preds = [self.tokenizer.decode(tokens[i, :lengths[i]]) for i in range(len(lengths))]
     golds = [self.tokenizer.decode([int(t)]) for t in np.repeat(np.asarray(targets), G)]
     graded = self.pool.grade(preds, golds)
-    rewards = jax.device_put(graded.rewards, jax.sharding.NamedSharding(out.tokens.sharding.mesh,
-                                                                          jax.sharding.PartitionSpec()))
+    where = out.tokens.sharding
+    if isinstance(where, jax.sharding.NamedSharding):  # replicated over the mesh the rollout ran on
+      where = jax.sharding.NamedSharding(where.mesh, jax.sharding.PartitionSpec())
+    rewards = jax.device_put(graded.rewards, where)
     adv = rl_iteration.grpo.ADVANTAGES[self.settings.advantage](rewards, G)
     batch = dict(prompt=prompt, prompt_mask=prompt_mask, tokens=out.tokens, lengths=out.lengths,
                  old_logp=out.logprobs, advantages=adv)

@@ -39,6 +39,13 @@ class GRPOSettings:
   kl: str = "k3"
   kl_coef: float = 0.0
   mu: int = 1  # policy updates per batch; the sampler's log-probs are the old log-probs
+  # Gradient accumulation: each policy update runs its N rows as this many sequential micro-batches (rows i, i + M,
+  # i + 2M, ... form micro-batch i) and applies one optimizer step to the summed gradient; same result as M = 1 up
+  # to float rounding, with activations of N / M rows.
+  num_microbatches: int = 1
+  # Completion positions per block when computing log-probs: the [rows, block, V] float32 logits are made (and, for
+  # the gradient, remade) one block at a time instead of [rows, T, V] at once. 0 = all T positions in one block.
+  logprob_chunk: int = 0
 
   @property
   def group_size(self) -> int:
@@ -51,6 +58,10 @@ class GRPOSettings:
     grpo.lookup(grpo.KL_ESTIMATORS, self.kl, "KL estimator")
     if self.mu < 1:
       raise ValueError(f"mu={self.mu}: expected >= 1 policy updates per batch")
+    if self.num_microbatches < 1:
+      raise ValueError(f"num_microbatches={self.num_microbatches}: expected >= 1")
+    if self.logprob_chunk < 0:
+      raise ValueError(f"logprob_chunk={self.logprob_chunk}: expected >= 0 (0 = no chunking)")
 
 
 def completion_mask(lengths_N, T: int):
@@ -59,10 +70,12 @@ def completion_mask(lengths_N, T: int):
 
 
 def completion_logprobs(params, cfg: ModelConfig, prompt_BP, prompt_mask_BP, tokens_NT, lengths_N,
-                        temperature: float):
+                        temperature: float, chunk: int = 0):
   """log softmax(logits / temperature) of each completion token given prompt and earlier tokens: (logp, entropy).
 
-  The prompt of row n is prompt_BP[n // G]; returns two [N, T] float32 arrays.
+  The prompt of row n is prompt_BP[n // G]; returns two [N, T] float32 arrays. chunk > 0 computes the logits
+  `chunk` positions at a time (T must be a multiple), rematerialised in the backward pass, so no [N, T, V] array is
+  ever made; the values are the same.
   """
   N, T = tokens_NT.shape
   G = N // prompt_BP.shape[0]
@@ -72,8 +85,23 @@ def completion_logprobs(params, cfg: ModelConfig, prompt_BP, prompt_mask_BP, tok
   seq = jnp.concatenate([prompt, tokens_NT[:, :-1]], axis=1)
   mask = jnp.concatenate([pmask, completion_mask(lengths_N, T)[:, :-1] > 0], axis=1)
   hidden, _ = transformer.decode(params, cfg, seq, transformer.positions_from_mask(mask), mask)
-  logits = transformer.unembed(params, cfg, hidden[:, P - 1:])
-  return grpo.token_logprobs(logits, tokens_NT, temperature if temperature > 0 else 1.0)
+  temp = temperature if temperature > 0 else 1.0
+  hidden = hidden[:, P - 1:]
+  if not chunk or chunk >= T:
+    return grpo.token_logprobs(transformer.unembed(params, cfg, hidden), tokens_NT, temp)
+  if T % chunk:
+    raise ValueError(f"logprob_chunk={chunk} does not divide the {T} completion positions")
+  head = {k: params[k] for k in ("embed", "lm_head") if k in params}
+
+  @jax.checkpoint
+  def block(head, h_NCD, tok_NC):
+    return grpo.token_logprobs(transformer.unembed(head, cfg, h_NCD), tok_NC, temp)
+
+  n = T // chunk
+  h = hidden.reshape(N, n, chunk, -1).swapaxes(0, 1)
+  tok = tokens_NT.reshape(N, n, chunk).swapaxes(0, 1)
+  _, (logp, entropy) = jax.lax.scan(lambda _, x: (None, block(head, *x)), None, (h, tok))
+  return logp.swapaxes(0, 1).reshape(N, T), entropy.swapaxes(0, 1).reshape(N, T)
 
 
 def rollout(params, prompt_BP, prompt_mask_BP, key, *, cfg: ModelConfig, settings: GRPOSettings):
@@ -87,36 +115,37 @@ def policy_update(state: TrainState, ref_params, batch: dict, *, cfg: ModelConfi
 
   batch: prompt [B, P], prompt_mask [B, P], tokens [N, T], lengths [N], old_logp [N, T], advantages [N] or [N, T].
   Loss = agg(policy_loss(logp, old_logp, A)) + beta * agg(kl(logp, ref_logp)).
+  With `settings.num_microbatches` = M > 1 each update accumulates the gradient over M micro-batches of N / M rows.
   """
   s = settings
-  T = batch["tokens"].shape[1]
+  N, T = batch["tokens"].shape
+  M = s.num_microbatches
+  if N % M:
+    raise ValueError(f"num_microbatches={M} does not divide the {N} rows of the batch")
   mask = completion_mask(batch["lengths"], T)
   adv = batch["advantages"]
   adv = jnp.broadcast_to(adv[:, None], mask.shape) if adv.ndim == 1 else adv
   temp = s.sampling.temperature
   agg = functools.partial(grpo.AGGREGATIONS[s.aggregation], norm_length=s.norm_length or T)
-  logp_of = functools.partial(completion_logprobs, cfg=cfg, prompt_BP=batch["prompt"],
-                              prompt_mask_BP=batch["prompt_mask"], tokens_NT=batch["tokens"],
-                              lengths_N=batch["lengths"], temperature=temp)
-  ref_logp = None
-  if s.kl_coef > 0:
-    ref_logp = jax.lax.stop_gradient(logp_of(ref_params)[0])
 
-  def loss_fn(params):
-    logp, entropy = logp_of(params)
-    pg, clipped = grpo.POLICY_LOSSES[s.policy_loss](logp, batch["old_logp"], adv, eps_low=s.eps_low,
-                                                     eps_high=s.eps_high, dual_clip=s.dual_clip)
-    loss = agg(pg, mask)
+  def terms(logp, entropy, old_logp, adv, ref_logp, place):
+    """(loss, aux) from per-token arrays; `place` maps them to [N, T] (micro-batch rows, zeros elsewhere).
+
+    Every aggregation is linear in its per-token values with a normaliser that depends on the full mask only, so the
+    M micro-batches' terms, each over [N, T] with the other rows zero, add up to the full batch's exactly.
+    """
+    pg, clipped = grpo.POLICY_LOSSES[s.policy_loss](logp, old_logp, adv, eps_low=s.eps_low, eps_high=s.eps_high,
+                                                     dual_clip=s.dual_clip)
     kl = grpo.KL_ESTIMATORS[s.kl](logp, ref_logp) if ref_logp is not None else jnp.zeros_like(logp)
-    if s.kl_coef > 0:
-      loss = loss + s.kl_coef * agg(kl, mask)
-    aux = dict(pg_loss=agg(pg, mask), kl=grpo.token_mean(kl, mask), clip_fraction=grpo.token_mean(clipped, mask),
-               entropy=grpo.token_mean(entropy, mask),
-               ratio=grpo.token_mean(jnp.exp(logp - batch["old_logp"]), mask))
+    pg_loss = agg(place(pg), mask)
+    loss = pg_loss + s.kl_coef * agg(place(kl), mask) if s.kl_coef > 0 else pg_loss
+    aux = dict(pg_loss=pg_loss, kl=grpo.token_mean(place(kl), mask),
+               clip_fraction=grpo.token_mean(place(clipped), mask),
+               entropy=grpo.token_mean(place(entropy), mask),
+               ratio=grpo.token_mean(place(jnp.exp(logp - old_logp)), mask))
     return loss, aux
 
-  def one_update(state, _):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  def finish(state, loss, aux, grads):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), **aux)
     if schedule is not None:
@@ -124,6 +153,52 @@ def policy_update(state: TrainState, ref_params, batch: dict, *, cfg: ModelConfi
     new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         opt_state=opt_state)
     return new, metrics
+
+  if M == 1:
+    logp_of = functools.partial(completion_logprobs, cfg=cfg, prompt_BP=batch["prompt"],
+                                prompt_mask_BP=batch["prompt_mask"], tokens_NT=batch["tokens"],
+                                lengths_N=batch["lengths"], temperature=temp, chunk=s.logprob_chunk)
+    ref_logp = None
+    if s.kl_coef > 0:
+      ref_logp = jax.lax.stop_gradient(logp_of(ref_params)[0])
+
+    def loss_fn(params):
+      logp, entropy = logp_of(params)
+      return terms(logp, entropy, batch["old_logp"], adv, ref_logp, lambda x: x)
+
+    def one_update(state, _):
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      return finish(state, loss, aux, grads)
+  else:
+    # Micro-batch i holds rows i, i + M, ...: a strided split keeps every device's share of each micro-batch equal
+    # when the rows are sharded in contiguous blocks over the data axes.
+    G = N // batch["prompt"].shape[0]
+    rows = dict(prompt=jnp.repeat(batch["prompt"], G, axis=0), prompt_mask=jnp.repeat(batch["prompt_mask"], G, axis=0),
+                tokens=batch["tokens"], lengths=batch["lengths"], old_logp=batch["old_logp"], adv=adv)
+    split = lambda x: x.reshape(N // M, M, *x.shape[1:]).swapaxes(0, 1)  # [M, N / M, ...]
+    micro = {k: split(v) for k, v in rows.items()}
+
+    def logp_of(params, mb):
+      return completion_logprobs(params, cfg, mb["prompt"], mb["prompt_mask"], mb["tokens"], mb["lengths"], temp,
+                                 s.logprob_chunk)
+
+    if s.kl_coef > 0:
+      micro["ref_logp"] = jax.lax.stop_gradient(jax.lax.map(lambda mb: logp_of(ref_params, mb)[0], micro))
+
+    def micro_loss(params, mb, i):
+      logp, entropy = logp_of(params, mb)
+      place = lambda x: jnp.zeros((N // M, M, T), x.dtype).at[:, i].set(x).reshape(N, T)
+      return terms(logp, entropy, mb["old_logp"], mb["adv"], mb.get("ref_logp"), place)
+
+    def one_update(state, _):
+      def accumulate(carry, mb_i):
+        (loss, aux), grads = jax.value_and_grad(micro_loss, has_aux=True)(state.params, *mb_i)
+        return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
+
+      zero = jax.eval_shape(lambda p: micro_loss(p, jax.tree.map(lambda x: x[0], micro), 0), state.params)
+      zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), (*zero, state.params))
+      (loss, aux, grads), _ = jax.lax.scan(accumulate, zero, (micro, jnp.arange(M)))
+      return finish(state, loss, aux, grads)
 
   state, metrics = jax.lax.scan(one_update, state, None, length=s.mu)
   # Report the first update's loss terms (on-policy, ratio ~ 1) and the mean grad norm.
