@@ -31,10 +31,14 @@ class ParamSpec(NamedTuple):
 
 
 class KVCache(NamedTuple):
-  """Preallocated attention cache; slot s of row b holds a key iff valid_BS[b, s]."""
+  """Preallocated attention cache; slot s of row b holds a key iff valid_BS[b, s].
 
-  k_LBSKH: jax.Array
-  v_LBSKH: jax.Array
+  Heads come before slots so a layer's [B, K, S, H] block is what the attention matmuls consume directly (with
+  slots before heads XLA:CPU transposes the layer's whole cache twice per decoded token).
+  """
+
+  k_LBKSH: jax.Array  # or a tuple of L [B, K, S, H] arrays, see `split_cache`
+  v_LBKSH: jax.Array
   valid_BS: jax.Array
 
 
@@ -145,20 +149,34 @@ def _proj(x, p, eq, dtype):
 
 def attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
   """softmax(q k^T / sqrt(H) + mask) v with grouped-query heads; scores and softmax in float32."""
+  return _attention(q_BTNH, k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3), mask_BTS)
+
+
+def _attention(q_BTNH, k_BKSH, v_BKSH, mask_BTS):
+  """`attention` with keys and values in the cache's heads-major layout.
+
+  Written as dot_generals with the operand order that XLA:CPU maps onto its fast matmul kernel; `jnp.einsum` here
+  chose an order that fell back to a generic batched matmul (~3x slower per decode step), with the same values.
+  """
   B, T, N, H = q_BTNH.shape
-  K = k_BSKH.shape[2]
-  q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-  scores = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32)
-  scores = scores / math.sqrt(H)
+  K = k_BKSH.shape[1]
+  q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
+  batch = ((0, 1), (0, 1))
+  scores_BKSGT = jax.lax.dot_general(k_BKSH, q_BKGTH, (((3,), (4,)), batch), preferred_element_type=jnp.float32)
+  scores = scores_BKSGT.transpose(0, 1, 3, 4, 2) / math.sqrt(H)  # [B, K, G, T, S]
   # A finite fill keeps rows with no visible key (left padding) at a uniform softmax instead of NaN.
   scores = jnp.where(mask_BTS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKH.dtype)
-  out = jnp.einsum("bkgts,bskh->btkgh", probs, v_BSKH)
-  return out.reshape(B, T, N, H)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BKSH.dtype)
+  out_BKGTH = jax.lax.dot_general(probs, v_BKSH, (((4,), (2,)), batch))
+  return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
-def _layer(cfg: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, kv=None, cache_index=None):
-  """One pre-norm block. With `kv` = (k_BSKH, v_BSKH) the new keys are written at `cache_index` and returned."""
+def _layer(cfg: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, write_kv=None):
+  """One pre-norm block: (x_BTD, aux).
+
+  Without `write_kv` attention is over the T new keys and aux is None. With it, `write_kv(k_BKTH, v_BKTH)` stores
+  the new keys and returns (k_BKSH, v_BKSH, aux): every key the tokens attend to, and the updated cache.
+  """
   dt = cfg.dtype
   h = rms_norm(x_BTD, lp["attn_norm"], cfg.rms_norm_eps)
   q = _proj(h, lp["q_proj"], "btd,dnh->btnh", dt)
@@ -169,19 +187,21 @@ def _layer(cfg: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, kv=Non
     k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
   q = apply_rope(q, positions_BT, inv_freq)
   k = apply_rope(k, positions_BT, inv_freq)
-  if kv is not None:
-    k_cache, v_cache = kv
-    k_all = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, cache_index, 0, 0))
-    v_all = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, cache_index, 0, 0))
-    attn = attention(q, k_all.astype(dt), v_all.astype(dt), mask_BTS)
-  else:
-    attn = attention(q, k, v, mask_BTS)
-  x_BTD = x_BTD + jnp.einsum("btnh,nhd->btd", attn, lp["o_proj"]["kernel"].astype(dt))
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, H]
+  aux = None
+  if write_kv is not None:
+    k, v, aux = write_kv(k, v)
+  attn = _attention(q, k.astype(dt), v.astype(dt), mask_BTS)
+  # Heads and head_dim flattened into one contracting axis (free reshapes): with two, XLA:CPU transposed the o_proj
+  # weight on every call.
+  B, T, N, H = attn.shape
+  o_kernel = lp["o_proj"]["kernel"].astype(dt).reshape(N * H, -1)
+  x_BTD = x_BTD + jnp.einsum("btm,md->btd", attn.reshape(B, T, N * H), o_kernel)
   h = rms_norm(x_BTD, lp["mlp_norm"], cfg.rms_norm_eps)
   gate = jnp.einsum("btd,df->btf", h, lp["gate_proj"]["kernel"].astype(dt))
   up = jnp.einsum("btd,df->btf", h, lp["up_proj"]["kernel"].astype(dt))
   x_BTD = x_BTD + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, lp["down_proj"]["kernel"].astype(dt))
-  return x_BTD, (k, v)
+  return x_BTD, aux
 
 
 def _maybe_remat(cfg: ModelConfig, fn):
@@ -192,8 +212,8 @@ def _maybe_remat(cfg: ModelConfig, fn):
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
-  """An empty cache of `length` slots per row ([L, B, S, K, H] keys and values)."""
-  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+  """An empty cache of `length` slots per row ([L, B, K, S, H] keys and values)."""
+  shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
   dtype = dtype or cfg.dtype
   return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, length), bool))
 
@@ -205,7 +225,8 @@ def decode(params: Params, cfg: ModelConfig, tokens_BT, positions_BT=None, mask_
   tokens_BT: int token ids. positions_BT: rope positions (default 0..T-1). mask_BT: True for real tokens (default
   all); padded tokens are never attended to. Without a cache attention is causal over the T tokens. With a cache
   the T tokens are written to slots [cache_index, cache_index + T) of every row and attend causally to every valid
-  slot before them; the updated cache is returned.
+  slot before them; the updated cache is returned. `params` may hold its layers split (`split_layers`) and the cache
+  its layers split (`split_cache`); the layer loop is then unrolled.
   """
   B, T = tokens_BT.shape
   if mask_BT is None:
@@ -224,7 +245,10 @@ def decode(params: Params, cfg: ModelConfig, tokens_BT, positions_BT=None, mask_
       return x, None
 
     body = _maybe_remat(cfg, body)
-    if cfg.scan_layers:
+    if isinstance(params["layers"], (list, tuple)):
+      for lp in params["layers"]:
+        x, _ = body(x, lp)
+    elif cfg.scan_layers:
       x, _ = jax.lax.scan(body, x, params["layers"])
     else:
       for i in range(cfg.num_layers):
@@ -237,25 +261,73 @@ def decode(params: Params, cfg: ModelConfig, tokens_BT, positions_BT=None, mask_
   slot_TS = jnp.arange(S)[None, :] <= (cache_index + jnp.arange(T))[:, None]
   mask_BTS = slot_TS[None] & valid_BS[:, None, :]
 
+  def write_at(cache_arr, new_BKTH, i):
+    """Writes the T new slots of layer i ([L, B, K, S, H] cache) or of a per-layer cache (i is None)."""
+    if i is None:
+      out = jax.lax.dynamic_update_slice(cache_arr, new_BKTH.astype(cache_arr.dtype), (0, 0, cache_index, 0))
+      return out, out
+    out = jax.lax.dynamic_update_slice(cache_arr, new_BKTH[None].astype(cache_arr.dtype), (i, 0, 0, cache_index, 0))
+    return out[i], out
+
   def body(carry, lp_i):
-    x, k_all, v_all = carry
+    x, k_cache, v_cache = carry
     lp, i = lp_i
-    kv = (k_all[i], v_all[i])
-    x, (k, v) = _layer(cfg, inv_freq, x, lp, positions_BT, mask_BTS, kv, cache_index)
-    # Only the T new slots of layer i are written, so the (donated) cache is updated in place.
-    k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (i, 0, cache_index, 0, 0))
-    v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (i, 0, cache_index, 0, 0))
-    return (x, k_all, v_all), None
+
+    def write_kv(k, v):
+      # Write the T new slots first, then read the layer back. In this order XLA updates the cache in place;
+      # reading the old layer before the write would make it copy the whole cache for every layer.
+      k_layer, k_out = write_at(k_cache, k, i)
+      v_layer, v_out = write_at(v_cache, v, i)
+      return k_layer, v_layer, (k_out, v_out)
+
+    x, (k_cache, v_cache) = _layer(cfg, inv_freq, x, lp, positions_BT, mask_BTS, write_kv)
+    return (x, k_cache, v_cache), None
 
   body = _maybe_remat(cfg, body)
-  carry = (x, cache.k_LBSKH, cache.v_LBSKH)
-  if cfg.scan_layers:
-    carry, _ = jax.lax.scan(body, carry, (params["layers"], jnp.arange(cfg.num_layers)))
-  else:
+  layers = params["layers"]
+  split_params = isinstance(layers, (list, tuple))
+  if isinstance(cache.k_LBKSH, (list, tuple)):  # per-layer cache arrays (`split_cache`)
+    ks, vs = list(cache.k_LBKSH), list(cache.v_LBKSH)
     for i in range(cfg.num_layers):
-      carry, _ = body(carry, (jax.tree.map(lambda a: a[i], params["layers"]), i))
-  x, k_all, v_all = carry
-  return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), KVCache(k_all, v_all, valid_BS)
+      lp = layers[i] if split_params else jax.tree.map(lambda a: a[i], layers)
+      (x, ks[i], vs[i]), _ = body((x, ks[i], vs[i]), (lp, None))
+    k_out, v_out = tuple(ks), tuple(vs)
+  else:
+    carry = (x, cache.k_LBKSH, cache.v_LBKSH)
+    if cfg.scan_layers and not split_params:
+      carry, _ = jax.lax.scan(body, carry, (layers, jnp.arange(cfg.num_layers)))
+    else:
+      for i in range(cfg.num_layers):
+        lp = layers[i] if split_params else jax.tree.map(lambda a: a[i], layers)
+        carry, _ = body(carry, (lp, i))
+    x, k_out, v_out = carry
+  return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), KVCache(k_out, v_out, valid_BS)
+
+
+def split_layers(params: Params) -> Params:
+  """`params` with "layers" as a tuple of L per-layer trees instead of stacked [L, ...] arrays (a copy).
+
+  `decode` accepts either and unrolls over a tuple. Use it to slice the layers once outside a decode loop: XLA:CPU
+  cannot fuse a slice of the stacked weights into a matmul, so it copies every layer's weights on every step.
+  """
+  layers = params["layers"]
+  if isinstance(layers, (list, tuple)):
+    return params
+  L = jax.tree.leaves(layers)[0].shape[0]
+  return {**params, "layers": tuple(jax.tree.map(lambda a: a[i], layers) for i in range(L))}
+
+
+def split_cache(cache: KVCache) -> KVCache:
+  """`cache` with keys and values as tuples of L per-layer [B, K, S, H] arrays (a copy); `decode` accepts either.
+
+  Each layer then updates and reads its own buffer, instead of the attention copying its layer out of the stacked
+  cache on every step (XLA:CPU).
+  """
+  if isinstance(cache.k_LBKSH, (list, tuple)):
+    return cache
+  L = cache.k_LBKSH.shape[0]
+  return KVCache(tuple(cache.k_LBKSH[i] for i in range(L)), tuple(cache.v_LBKSH[i] for i in range(L)),
+                 cache.valid_BS)
 
 
 def unembed(params: Params, cfg: ModelConfig, hidden_BTD):
