@@ -2,9 +2,9 @@
 
 Command:   python -m sparkjax.main --config=configs/arith.py --workdir=/tmp/sparkjax_arith
 Smoke:     python -m sparkjax.main --config=configs/arith.py:runlocal --workdir=/tmp/sparkjax_smoke
-Hardware:  a 2-core CPU, about 5 minutes (SFT ~2 min, 200 GRPO iterations ~3.5 min); runlocal ~30 s.
+Hardware:  a 2-core CPU, about 4 minutes (SFT ~1.5 min, 200 GRPO iterations ~2 min); runlocal ~30 s.
 Expect:    held-out accuracy printed after SFT and after GRPO, sampled (T=1, 4 per problem) and greedy. Measured on
-           the 2-core CPU: sampled 0.404 -> 0.744, greedy 0.867 -> 0.906 (summary.json; TensorBoard in
+           the 2-core CPU: sampled 0.396 -> 0.739, greedy 0.875 -> 0.895 (summary.json; TensorBoard in
            workdir/tensorboard).
 Args:      runlocal (seconds-scale smoke run), format=steps|think, sft_steps=N, iterations=N.
 Restart the same command after a crash or kill: both phases resume from their latest checkpoint.
