@@ -12,13 +12,8 @@ Restart the same command after a crash or kill: both phases resume from their la
 
 import ml_collections
 
-from sparkjax.config_args import parse_arg
+from sparkjax.config_args import grpo_loss_fields, optimizer_config, parse_arg
 
-
-def _optimizer(lr, total_steps, warmup_steps=0, schedule="constant", grad_clip=1.0, b2=0.999, eps=1e-8):
-  return ml_collections.ConfigDict(dict(lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
-                                        schedule=schedule, b1=0.9, b2=b2, eps=eps, weight_decay=0.0,
-                                        grad_clip=grad_clip))
 
 
 def get_config(arg=None):
@@ -40,7 +35,7 @@ def get_config(arg=None):
   c.sft.batch_size = 64
   c.sft.accum = 1
   c.sft.p_error = 0.5  # demonstrations come from an imperfect generator: half carry one error (corruption model)
-  c.sft.optimizer = _optimizer(3e-3, arg.sft_steps, warmup_steps=20, schedule="cosine")
+  c.sft.optimizer = optimizer_config(3e-3, arg.sft_steps, warmup_steps=20, schedule="cosine")
 
   c.rl = ml_collections.ConfigDict()
   c.rl.iterations = arg.iterations
@@ -48,20 +43,10 @@ def get_config(arg=None):
   c.rl.host_grader = "world"  # for reward=host: a name in sparkjax.data.host_grading.GRADERS
   c.rl.batch_size = 128  # rollouts per iteration = prompts x group_size
   c.rl.group_size = 8
-  c.rl.temperature = 1.0
-  c.rl.top_p = 1.0
-  c.rl.advantage = "grpo"
-  c.rl.policy_loss = "clip"
-  c.rl.eps_low = 0.2
-  c.rl.eps_high = 0.2
-  c.rl.dual_clip = 0.0
-  c.rl.aggregation = "token_mean"
-  c.rl.kl = "k3"
-  c.rl.kl_coef = 0.001
-  c.rl.mu = 1
+  c.rl.update(grpo_loss_fields())
   c.rl.eval_every = 20
   # RL takes ~100x smaller steps than SFT: at 1e-4 this 0.8M model drifts and greedy accuracy falls.
-  c.rl.optimizer = _optimizer(3e-5, arg.iterations, schedule="constant")
+  c.rl.optimizer = optimizer_config(3e-5, arg.iterations, schedule="constant")
 
   # Mesh axis sizes (-1: the remaining devices); the world's model is small, so pure data parallel.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tp=1))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import ml_collections
 
-from sparkjax.config_args import parse_arg
+from sparkjax.config_args import grpo_loss_fields, optimizer_config, parse_arg
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -50,20 +50,8 @@ def get_config(arg=None):
   c.rl.batch_size = 16 * 8  # rollouts per iteration = prompts x group_size
   c.rl.group_size = 8
   c.rl.max_new_tokens = 1024
-  c.rl.temperature = 1.0
-  c.rl.top_p = 1.0
-  c.rl.advantage = "grpo"
-  c.rl.policy_loss = "clip"
-  c.rl.eps_low = 0.2
-  c.rl.eps_high = 0.2
-  c.rl.dual_clip = 0.0
-  c.rl.aggregation = "token_mean"
-  c.rl.kl = "k3"
-  c.rl.kl_coef = 0.001
-  c.rl.mu = 1
+  c.rl.update(grpo_loss_fields())
   c.rl.num_microbatches = arg.microbatches  # 8 rows per micro-batch
   c.rl.logprob_chunk = 256
-  c.rl.optimizer = ml_collections.ConfigDict(dict(lr=1e-6, total_steps=c.rl.iterations, warmup_steps=0,
-                                                  schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
-                                                  weight_decay=0.0, grad_clip=1.0))
+  c.rl.optimizer = optimizer_config(1e-6, c.rl.iterations)
   return c

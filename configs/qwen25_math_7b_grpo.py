@@ -27,16 +27,10 @@ from pathlib import Path
 
 import ml_collections
 
-from sparkjax.config_args import parse_arg
+from sparkjax.config_args import grpo_loss_fields, optimizer_config, parse_arg
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
-
-def _optimizer(lr, total_steps, warmup_steps=0, schedule="constant", grad_clip=1.0, b2=0.999, eps=1e-8,
-               weight_decay=0.0):
-  return ml_collections.ConfigDict(dict(lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
-                                        schedule=schedule, b1=0.9, b2=b2, eps=eps, weight_decay=weight_decay,
-                                        grad_clip=grad_clip))
 
 
 def get_config(arg=None):
@@ -67,17 +61,7 @@ def get_config(arg=None):
   c.rl.batch_size = 256 * 16  # rollouts per iteration = prompts x group_size
   c.rl.group_size = 16
   c.rl.max_new_tokens = 2048
-  c.rl.temperature = 1.0
-  c.rl.top_p = 1.0
-  c.rl.advantage = "grpo"
-  c.rl.policy_loss = "clip"
-  c.rl.eps_low = 0.2
-  c.rl.eps_high = 0.2
-  c.rl.dual_clip = 0.0
-  c.rl.aggregation = "token_mean"
-  c.rl.kl = "k3"
-  c.rl.kl_coef = 0.001
-  c.rl.mu = 1  # one update per batch
+  c.rl.update(grpo_loss_fields())
   # Memory: the update runs its 4096 rows as `num_microbatches` slices (gradient accumulation; 64 rows each, 8 per
   # data shard) and computes log-probs 512 positions at a time; without either the [4096, 2048, 152064] float32
   # logits alone are 4.6 TiB. Attention scores ([rows, heads, 4096, 4096] float32, no fused attention kernel yet)
@@ -85,5 +69,5 @@ def get_config(arg=None):
   # with 32. 64 also fits v6e-64.
   c.rl.num_microbatches = arg.microbatches
   c.rl.logprob_chunk = 512
-  c.rl.optimizer = _optimizer(1e-6, c.rl.iterations, schedule="constant", grad_clip=1.0)
+  c.rl.optimizer = optimizer_config(1e-6, c.rl.iterations, schedule="constant", grad_clip=1.0)
   return c

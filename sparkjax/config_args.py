@@ -40,6 +40,26 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def optimizer_config(lr: float, total_steps: int, warmup_steps: int = 0, schedule: str = "constant",
+                     grad_clip: float = 1.0, b2: float = 0.999, eps: float = 1e-8,
+                     weight_decay: float = 0.0) -> ml_collections.ConfigDict:
+  """The fields `sparkjax.train.state.make_optimizer` reads (AdamW with b1 = 0.9)."""
+  return ml_collections.ConfigDict(dict(lr=lr, total_steps=total_steps, warmup_steps=warmup_steps,
+                                        schedule=schedule, b1=0.9, b2=b2, eps=eps, weight_decay=weight_decay,
+                                        grad_clip=grad_clip))
+
+
+def grpo_loss_fields(**overrides) -> dict:
+  """GRPO's loss settings shared by every RL config: the papers' defaults (T = 1 sampling, group-normalised
+  advantages, clip 0.2, token-mean loss, 0.001 * k3 KL, one update per batch), with `overrides` applied."""
+  fields = dict(temperature=1.0, top_p=1.0, advantage="grpo", policy_loss="clip", eps_low=0.2, eps_high=0.2,
+                dual_clip=0.0, aggregation="token_mean", kl="k3", kl_coef=0.001, mu=1)
+  unknown = set(overrides) - set(fields)
+  if unknown:
+    raise ValueError(f"grpo_loss_fields: unknown field(s) {sorted(unknown)}; known: {', '.join(fields)}")
+  return fields | overrides
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that turns a misspelt `--config.x.y` override into a one-line error naming the key."""
   try:
