@@ -11,7 +11,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
 
 from sparkjax.train.checkpoint import Checkpointer
 

@@ -1,6 +1,5 @@
 """The jitted GRPO iteration equals the same computation done step by step, and does not retrace."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
