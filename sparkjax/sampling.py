@@ -12,6 +12,7 @@ that GRPO's importance ratio is computed against); with T = 0 (greedy) they are 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -33,6 +34,9 @@ class SamplingParams:
   num_samples: int = 1  # G completions per prompt
   stop_tokens: tuple[int, ...] = ()
   pad_id: int = 0
+  # Decode with per-layer weight arrays instead of the stacked [L, ...] ones: None = only on the CPU backend (see
+  # `sample_with_keys`). An explicit value lets ahead-of-time compilation for another platform pick its own path.
+  per_layer_weights: bool | None = None
 
   def __post_init__(self):
     if not 0.0 < self.top_p <= 1.0:
@@ -201,7 +205,8 @@ def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelCo
   # per call instead, at the price of a transient copy of the weights. Other backends fuse the slice, so they keep
   # the stacked weights (scanned, no extra memory).
   step_params = params
-  if jax.default_backend() == "cpu":
+  per_layer = sp.per_layer_weights if sp.per_layer_weights is not None else jax.default_backend() == "cpu"
+  if per_layer:
     step_params, cache = transformer.split_layers(params), transformer.split_cache(cache)
 
   def body(state):
@@ -232,6 +237,20 @@ def sample(params, prompt_BP, prompt_mask_BP, rng, *, cfg: ModelConfig, sp: Samp
 
 
 sample_jit = jax.jit(sample, static_argnames=("cfg", "sp", "cache_len"))
+
+
+def make_sampler(cfg: ModelConfig, sp: SamplingParams, param_shardings=None, mesh=None, cache_len: int | None = None):
+  """`sample(params, prompt_BP, prompt_mask_BP, rng)` jitted once. With `param_shardings` (and the mesh) given,
+  inputs and outputs are pinned: params on their shardings, prompts and every output row-split over the mesh's data
+  axes (rows b * G + g stay with prompt b's shard), the key replicated."""
+  fn = functools.partial(sample, cfg=cfg, sp=sp, cache_len=cache_len)
+  if param_shardings is None:
+    return jax.jit(fn)
+  from sparkjax import sharding
+
+  rows = sharding.batch_sharding(mesh, 1)  # a 1-d spec shards dim 0 of any rank
+  out = SampleOutput(rows, rows, rows, rows)
+  return jax.jit(fn, in_shardings=(param_shardings, rows, rows, sharding.replicated(mesh)), out_shardings=out)
 sample_with_keys_jit = jax.jit(sample_with_keys, static_argnames=("cfg", "sp", "cache_len"))
 
 

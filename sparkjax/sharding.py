@@ -118,6 +118,10 @@ def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
 def check_batch(global_batch: int, mesh: Mesh, rules=DEFAULT_RULES, what: str = "batch"):
   spec = logical_to_spec(("batch",), rules, mesh)
   axes = spec[0] if isinstance(spec[0], tuple) else ((spec[0],) if spec[0] else ())

@@ -42,13 +42,16 @@ def test_forward_and_greedy_sampling(params, shape):
   out = fwd(sp, jax.device_put(tokens, sharding.batch_sharding(mesh, 2)))
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-4)  # fp32 reduction order differs
 
-  samp = sampling.SamplingParams(max_new_tokens=6, temperature=0.0)
+  samp = sampling.SamplingParams(max_new_tokens=6, temperature=0.0, num_samples=2)
   prompts, mask = sampling.pad_prompts([[1, 2, 3]] * 4 + [[5, 6]] * 4, 0)
   a = sampling.sample_jit(params, prompts, mask, jax.random.key(0), cfg=CFG, sp=samp)
-  bs = sharding.batch_sharding(mesh, 2)
-  b = sampling.sample_jit(sp, jax.device_put(prompts, bs), jax.device_put(mask, bs), jax.random.key(0), cfg=CFG,
-                          sp=samp)
+  # The pinned sampler places host inputs itself and returns every output row-split over the data axes.
+  sampler = sampling.make_sampler(CFG, samp, sharding.param_shardings(CFG, mesh), mesh)
+  b = sampler(sp, prompts, mask, jax.random.key(0))
   np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+  rows = sharding.batch_sharding(mesh, 1)
+  for x in b:
+    assert x.sharding.is_equivalent_to(rows, x.ndim), x.sharding
 
 
 def _opt():
@@ -78,12 +81,21 @@ def test_sft_step_and_grpo_iteration(params, shape):
   prompts, mask = sampling.pad_prompts([[1, 2, 3]] * 4 + [[5, 6]] * 4, 0)
   targets = jnp.arange(8) % 4
   s_ref, r_ref = it(state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0), params, prompts, mask, targets)
-  b2 = sharding.batch_sharding(mesh, 2)
-  s_got, r_got = it(state_lib.create_state(_place(params, mesh), tx, 0), _place(params, mesh),
-                    jax.device_put(prompts, b2), jax.device_put(mask, b2), targets)
+  # The pinned iteration: explicit in/out shardings from the state's layout, state donated.
+  state_sh = state_lib.state_shardings(tx, transformer.abstract_params(CFG), sharding.param_shardings(CFG, mesh),
+                                       mesh)
+  pinned = rl.make_iteration(CFG, settings, tx, reward_fn, state_sharding=state_sh)
+  state = state_lib.create_state(_place(params, mesh), tx, 0)
+  s_got, r_got = pinned(state, _place(params, mesh), prompts, mask, targets)
+  assert state.params["embed"].is_deleted()  # donated
   assert float(r_got["reward_mean"]) == float(r_ref["reward_mean"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4), s_ref.params,
                s_got.params)
+  jax.tree.map(lambda x, want: _same_sharding(x, want), s_got, state_sh)
+
+
+def _same_sharding(x, want):
+  assert x.sharding.is_equivalent_to(want, x.ndim), (x.sharding, want)
 
 
 def test_no_large_parameter_replicated():

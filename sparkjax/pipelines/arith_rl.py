@@ -14,8 +14,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
-import numpy as np
 from tqdm import tqdm
 
 from sparkjax import distributed, sampling, sharding
@@ -23,39 +21,12 @@ from sparkjax.data import arith, world_data
 from sparkjax.data.grading import make_suffix_reward
 from sparkjax.models import transformer
 from sparkjax.models.config import ModelConfig
+from sparkjax.pipelines import common
 from sparkjax.rl import iteration as rl_iteration
+from sparkjax.rl.host_reward import HostRewardIteration
 from sparkjax.train import metrics as metrics_lib
 from sparkjax.train import sft, state as state_lib
 from sparkjax.train.checkpoint import Checkpointer
-
-
-def _say(msg: str):
-  if distributed.is_main():
-    print(msg, file=sys.stderr, flush=True)
-
-
-class Placement:
-  """Where arrays live: the mesh, the model's state shardings, and host batches -> global arrays."""
-
-  def __init__(self, config, cfg: ModelConfig):
-    self.mesh = sharding.make_mesh(sharding.MeshConfig(**config.mesh))
-    self.params = sharding.param_shardings(cfg, self.mesh)
-    sharding.check_replication(transformer.abstract_params(cfg), self.params)
-    self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    self.abstract_params = transformer.abstract_params(cfg)
-
-  def state(self, tx):
-    return state_lib.state_shardings(tx, self.abstract_params, self.params, self.mesh)
-
-  def batch(self, local: dict, what: str) -> dict:
-    """This process's rows -> global arrays split over the data axes."""
-    n = next(iter(local.values())).shape[0] * jax.process_count()
-    sharding.check_batch(n, self.mesh, what=what)
-    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh, v.ndim), v)
-            for k, v in local.items()}
-
-  def replicate(self, tree):
-    return jax.device_put(tree, self.replicated)
 
 
 def world_and_tokenizer(config, workdir: Path):
@@ -95,23 +66,10 @@ def make_evaluator(cfg, encoder: world_data.WorldEncoder, reward_fn, eval_batch:
   return evaluate
 
 
-def _host(x) -> np.ndarray:
-  """A global array's full value on this host (gathered from the other processes if needed)."""
-  return np.asarray(x if x.is_fully_addressable else multihost_utils.process_allgather(x, tiled=True))
-
-
-def _decode_samples(tokenizer, tokens, n=4) -> str:
-  return "\n\n".join(tokenizer.decode([t for t in row if t != tokenizer.pad_token_id]) for row in tokens[:n])
-
-
-def _data_state(it) -> dict:
-  return json.loads(json.dumps(it.get_state()))
-
-
 # ---- SFT ---------------------------------------------------------------------------------------------------------
 
 
-def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: Placement) -> tuple:
+def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: common.Placement) -> tuple:
   c = config.sft
   tx, schedule = state_lib.make_optimizer(c.optimizer)
   ckpt = Checkpointer(workdir / "checkpoints" / "sft", max_to_keep=config.checkpoint.keep)
@@ -123,7 +81,7 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: Plac
   if ckpt.latest_step() is not None:
     state, data_state, _ = ckpt.restore(state)
     it.set_state(data_state)
-    _say(f"sft: resumed from step {int(state.step)}")
+    common.say(f"sft: resumed from step {int(state.step)}")
   step_fn = sft.make_sft_step(cfg, tx, schedule, c.accum, state_sharding=place.state(tx),
                               batch_sharding=sharding.batch_sharding(place.mesh, 2))
   def throughput(m):
@@ -143,7 +101,7 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: Plac
       bar.set_postfix(loss=f"{host['loss']:.3f}", tok_acc=f"{host['token_accuracy']:.3f}")
     if (step + 1) % config.checkpoint.every == 0 or step + 1 == c.steps:
       loop.flush()  # check this step's metrics before its checkpoint exists
-      ckpt.save(step + 1, state, _data_state(it))
+      ckpt.save(step + 1, state, common.data_state(it))
   loop.flush()
   acc, greedy_acc, _ = evaluate(state.params)
   ckpt.close()
@@ -153,46 +111,8 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: Plac
 # ---- GRPO ---------------------------------------------------------------------------------------------------------
 
 
-class HostRewardIteration:
-  """The GRPO iteration split around a host reward: jitted rollout -> decode + grade in worker processes ->
-  jitted advantages + update. Same signature as the one-jit iteration."""
-
-  def __init__(self, cfg, settings, tx, schedule, tokenizer, grader: str, workers: int = 2, timeout: float = 10.0):
-    from sparkjax.data.host_grading import GraderPool
-
-    self.rollout = rl_iteration.make_rollout(cfg, settings)
-    self.update = rl_iteration.make_update(cfg, settings, tx, schedule)
-    self.settings, self.tokenizer = settings, tokenizer
-    self.pool = GraderPool(grader, workers, timeout)
-
-  def __call__(self, state, ref_params, prompt, prompt_mask, targets):
-    G = self.settings.group_size
-    out = self.rollout(state.params, prompt, prompt_mask, state.key())
-    # Every process grades all rows (the grading is cheap next to sampling) so rewards come out replicated.
-    tokens, lengths, targets = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                                for x in (out.tokens, out.lengths, targets))
-    preds = [self.tokenizer.decode(tokens[i, :lengths[i]]) for i in range(len(lengths))]
-    golds = [self.tokenizer.decode([int(t)]) for t in np.repeat(np.asarray(targets), G)]
-    graded = self.pool.grade(preds, golds)
-    where = out.tokens.sharding
-    if isinstance(where, jax.sharding.NamedSharding):  # replicated over the mesh the rollout ran on
-      where = jax.sharding.NamedSharding(where.mesh, jax.sharding.PartitionSpec())
-    rewards = jax.device_put(graded.rewards, where)
-    adv = rl_iteration.grpo.ADVANTAGES[self.settings.advantage](rewards, G)
-    batch = dict(prompt=prompt, prompt_mask=prompt_mask, tokens=out.tokens, lengths=out.lengths,
-                 old_logp=out.logprobs, advantages=adv)
-    state, metrics = self.update(state, ref_params, batch)
-    metrics = metrics | rl_iteration.rollout_metrics(rewards, out, G) | dict(
-        generated_tokens=out.lengths.sum(), grader_timeouts=graded.timeouts, grader_errors=graded.errors)
-    return state, metrics
-
-  def close(self):
-    self.pool.close()
-
-
-
 def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_params, writer, tokenizer,
-             place: Placement) -> dict:
+             place: common.Placement) -> dict:
   c = config.rl
   if c.batch_size % c.group_size:
     raise ValueError(f"config rl.batch_size={c.batch_size} (rollouts per iteration) is not a multiple of "
@@ -215,11 +135,13 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
   if ckpt.latest_step() is not None:
     state, data_state, history = ckpt.restore(state)
     it.set_state(data_state)
-    _say(f"rl: resumed from iteration {int(state.step) // c.mu}")
+    common.say(f"rl: resumed from iteration {int(state.step) // c.mu}")
   if c.reward == "device":
-    iterate = rl_iteration.make_iteration(cfg, settings, tx, reward_fn, schedule)
+    iterate = rl_iteration.make_iteration(cfg, settings, tx, reward_fn, schedule, place.state(tx))
   elif c.reward == "host":
-    iterate = HostRewardIteration(cfg, settings, tx, schedule, tokenizer, c.host_grader)
+    golds = lambda targets: [tokenizer.decode([int(t)]) for t in targets]  # a target is the answer's token id
+    iterate = HostRewardIteration(cfg, settings, tx, schedule, tokenizer.decode, golds, c.host_grader,
+                                  state_sharding=place.state(tx))
   else:
     raise ValueError(f"config rl.reward={c.reward!r}: expected 'device' or 'host'")
   def throughput(m):
@@ -244,11 +166,12 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
       acc, greedy_acc, tokens = evaluate(state.params)
       history[str(i + 1)] = dict(accuracy=float(acc), greedy_accuracy=float(greedy_acc))
       writer.scalars(i + 1, dict(heldout_accuracy=float(acc), heldout_greedy_accuracy=float(greedy_acc)), "eval/")
-      writer.text(i + 1, "eval/samples", _decode_samples(tokenizer, _host(tokens)))
-      _say(f"grpo iteration {i + 1}: held-out accuracy {float(acc):.3f} (sampled), {float(greedy_acc):.3f} (greedy)")
+      writer.text(i + 1, "eval/samples", common.decode_samples(tokenizer, common.host(tokens)))
+      common.say(f"grpo iteration {i + 1}: held-out accuracy {float(acc):.3f} (sampled), "
+                 f"{float(greedy_acc):.3f} (greedy)")
     if (i + 1) % config.checkpoint.every == 0 or last:
       loop.flush()
-      ckpt.save(i + 1, state, _data_state(it), history)
+      ckpt.save(i + 1, state, common.data_state(it), history)
   final = loop.flush() or loop.last
   ckpt.close()
   if isinstance(iterate, HostRewardIteration):
@@ -266,24 +189,25 @@ def run(config, workdir: str) -> dict:
   cfg = model_config(config, tokenizer)
   template, slot, once = encoder.answer_template()
   reward_fn = make_suffix_reward(template, slot, once)
-  place = Placement(config, cfg)
+  place = common.Placement(config, cfg)
   eval_batch = place.replicate(world_data.eval_set(encoder, config.data.eval_seed, config.data.eval_size))
   evaluate = make_evaluator(cfg, encoder, reward_fn, eval_batch, encoder.solution_len)
   writer = metrics_lib.Writer(workdir / "tensorboard", enabled=distributed.is_main())
-  _say(f"model: {cfg.num_params() / 1e6:.2f}M params; prompt {encoder.prompt_len} tokens, "
+  common.say(f"model: {cfg.num_params() / 1e6:.2f}M params; prompt {encoder.prompt_len} tokens, "
        f"response up to {encoder.solution_len}")
 
   # Phase 1: SFT.
   t0 = time.time()
   sft_params, sft_acc, sft_greedy = sft_phase(config, workdir, cfg, encoder, evaluate, writer, place)
-  _say(f"sft done in {time.time() - t0:.0f}s: held-out accuracy {sft_acc:.3f} (sampled), {sft_greedy:.3f} (greedy)")
+  common.say(f"sft done in {time.time() - t0:.0f}s: held-out accuracy {sft_acc:.3f} (sampled), "
+             f"{sft_greedy:.3f} (greedy)")
   writer.scalars(0, dict(heldout_accuracy=sft_acc, heldout_greedy_accuracy=sft_greedy), "eval/")
 
   # Phase 2: GRPO.
   t0 = time.time()
   rl = rl_phase(config, workdir, cfg, encoder, evaluate, reward_fn, sft_params, writer, tokenizer, place)
   final = rl["history"][str(config.rl.iterations)]
-  _say(f"grpo done in {time.time() - t0:.0f}s")
+  common.say(f"grpo done in {time.time() - t0:.0f}s")
   writer.close()
   summary = dict(sft_accuracy=sft_acc, sft_greedy_accuracy=sft_greedy, rl_accuracy=final["accuracy"],
                  rl_greedy_accuracy=final["greedy_accuracy"], history=rl["history"], final_metrics=rl["final_metrics"])

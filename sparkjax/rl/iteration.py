@@ -231,16 +231,35 @@ def iteration(state: TrainState, ref_params, prompt_BP, prompt_mask_BP, targets_
   return state, metrics
 
 
-def make_iteration(cfg, settings, tx, reward_fn, schedule=None):
-  """`iteration` jitted once, state donated."""
-  return jax.jit(functools.partial(iteration, cfg=cfg, settings=settings, tx=tx, reward_fn=reward_fn,
-                                   schedule=schedule), donate_argnums=0)
+def _pinned(fn, state_sharding, n_row_args: int, with_ref: bool = True):
+  """jit `fn(state, [ref_params,] *row_args)` with state donated. With `state_sharding` (a TrainState of
+  NamedShardings) given, the state and the reference params keep the state's / params' shardings, every row argument
+  (an array or a dict of arrays, rows first) is split over the data axes, and the outputs are (state, replicated
+  metrics), so each call compiles for the layout the pipeline chose rather than whatever its inputs carried."""
+  if state_sharding is None:
+    return jax.jit(fn, donate_argnums=0)
+  from sparkjax import sharding
+
+  mesh = jax.tree.leaves(state_sharding)[0].mesh
+  rows = sharding.batch_sharding(mesh, 1)  # a 1-d spec shards dim 0 of any rank
+  ins = (state_sharding,) + ((state_sharding.params,) if with_ref else ()) + (rows,) * n_row_args
+  return jax.jit(fn, in_shardings=ins, out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def make_rollout(cfg, settings):
-  return jax.jit(functools.partial(rollout, cfg=cfg, settings=settings))
+def make_iteration(cfg, settings, tx, reward_fn, schedule=None, state_sharding=None):
+  """`iteration(state, ref_params, prompt_BP, prompt_mask_BP, targets_B)` jitted once, state donated; explicit
+  in/out shardings when `state_sharding` is given (see `_pinned`)."""
+  fn = functools.partial(iteration, cfg=cfg, settings=settings, tx=tx, reward_fn=reward_fn, schedule=schedule)
+  return _pinned(fn, state_sharding, 3)
 
 
-def make_update(cfg, settings, tx, schedule=None):
-  return jax.jit(functools.partial(policy_update, cfg=cfg, settings=settings, tx=tx, schedule=schedule),
-                 donate_argnums=0)
+def make_rollout(cfg, settings, param_shardings=None, mesh=None):
+  """`rollout(params, prompt_BP, prompt_mask_BP, key)` jitted once (see `sampling.make_sampler`)."""
+  return sampling.make_sampler(cfg, settings.sampling, param_shardings, mesh)
+
+
+def make_update(cfg, settings, tx, schedule=None, state_sharding=None):
+  """`policy_update(state, ref_params, batch)` jitted once, state donated; explicit in/out shardings when
+  `state_sharding` is given (batch rows split over the data axes)."""
+  fn = functools.partial(policy_update, cfg=cfg, settings=settings, tx=tx, schedule=schedule)
+  return _pinned(fn, state_sharding, 1)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import importlib.metadata
 import importlib.util
 import math
@@ -31,7 +30,6 @@ import re
 import sys
 import time
 from typing import Any
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -325,14 +323,11 @@ def _oom_bytes(message: str) -> float | None:
   return float(m.group(1)) * 1024 ** " KMGTP".index(m.group(2) or " ")
 
 
-def _compile(fn, args, donate=(), platform="tpu"):
-  """(compiled or None, seconds, error). `sampling` picks its per-backend code path from `jax.default_backend()`
-  while tracing; on this machine that is cpu, so the target's platform is reported instead."""
+def _compile(jitted, args):
+  """(compiled or None, seconds, error) of a jitted function for abstract `args`."""
   start = time.perf_counter()
   try:
-    with mock.patch.object(jax, "default_backend", return_value=platform):
-      lowered = jax.jit(fn, donate_argnums=donate).trace(*args).lower()
-    return lowered.compile(), time.perf_counter() - start, None
+    return jitted.trace(*args).lower().compile(), time.perf_counter() - start, None
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -391,6 +386,10 @@ def plan_compiled(job: Job, acc: Accelerator, devices, method: str, programs=("s
   mesh_shape = dict(zip(sharding.MESH_AXES, shape))
   x = make_inputs(job, mesh)
   cfg, s = job.cfg, job.settings
+  # The sampler's per-layer weight split is a CPU-only choice; compile the target platform's code path.
+  s = dataclasses.replace(s, sampling=dataclasses.replace(s.sampling, per_layer_weights=platform == "cpu"))
+  # The pipelines' own jitted programs (explicit in/out shardings, state donated), not re-jitted copies.
+  state_sh = jax.tree.map(lambda a: a.sharding, x["state"])
   params_b = per_device_bytes(x["params"])
   opt_b = per_device_bytes(x["state"].opt_state)
   ref_b = params_b if s.kl_coef > 0 else 0.0
@@ -398,8 +397,8 @@ def plan_compiled(job: Job, acc: Accelerator, devices, method: str, programs=("s
   out = []
 
   if "sampler" in programs:
-    fn = functools.partial(rl.rollout, cfg=cfg, settings=s)
-    compiled, secs, err = _compile(fn, (x["params"], x["prompt"], x["prompt_mask"], x["key"]), platform=platform)
+    fn = rl.make_rollout(cfg, s, state_sh.params, mesh)
+    compiled, secs, err = _compile(fn, (x["params"], x["prompt"], x["prompt_mask"], x["key"]))
     kv, kv_note = _kv_cache_bytes(job, mesh_shape)
     args = [Part(f"parameters ({cfg.param_dtype})", params_b),
             Part("prompts", per_device_bytes((x["prompt"], x["prompt_mask"])))]
@@ -411,8 +410,8 @@ def plan_compiled(job: Job, acc: Accelerator, devices, method: str, programs=("s
                         Part("  of which KV cache", kv, "analytic: " + kv_note), resident))
 
   if "update" in programs:
-    fn = functools.partial(rl.policy_update, cfg=cfg, settings=s, tx=x["tx"], schedule=x["schedule"])
-    compiled, secs, err = _compile(fn, (x["state"], x["params"], x["batch"]), donate=(0,), platform=platform)
+    fn = rl.make_update(cfg, s, x["tx"], x["schedule"], state_sh)
+    compiled, secs, err = _compile(fn, (x["state"], x["params"], x["batch"]))
     args = [Part(f"parameters ({cfg.param_dtype})", params_b), Part("optimizer state", opt_b, opt_note)]
     if ref_b:
       args.append(Part(f"reference params ({cfg.param_dtype})", ref_b, "for the KL term"))
@@ -422,9 +421,8 @@ def plan_compiled(job: Job, acc: Accelerator, devices, method: str, programs=("s
 
   if "iteration" in programs:
     reward = lambda tokens, lengths, finished, targets: finished.astype(jnp.float32)
-    fn = functools.partial(rl.iteration, cfg=cfg, settings=s, tx=x["tx"], reward_fn=reward, schedule=x["schedule"])
-    compiled, secs, err = _compile(fn, (x["state"], x["params"], x["prompt"], x["prompt_mask"], x["targets"]),
-                                   donate=(0,), platform=platform)
+    fn = rl.make_iteration(cfg, s, x["tx"], reward, x["schedule"], state_sh)
+    compiled, secs, err = _compile(fn, (x["state"], x["params"], x["prompt"], x["prompt_mask"], x["targets"]))
     args = [Part(f"parameters ({cfg.param_dtype})", params_b), Part("optimizer state", opt_b, opt_note)]
     if ref_b:
       args.append(Part(f"reference params ({cfg.param_dtype})", ref_b))

@@ -1,0 +1,61 @@
+"""The GRPO iteration split around a reward computed on the host (math-verify, the world grader in text form).
+
+jitted rollout -> gather and decode the completions -> grade them in worker processes -> jitted advantages + update.
+Called like the one-jit iteration, except that each prompt's target is an integer the caller's `golds` function
+turns into the gold answer text (a token id in the world, a record index for real data), so every process can
+grade every row without shipping strings between processes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from sparkjax import sharding
+from sparkjax.data.host_grading import GraderPool
+from sparkjax.rl import grpo
+from sparkjax.rl import iteration as rl_iteration
+
+
+class HostRewardIteration:
+  """`(state, ref_params, prompt_BP, prompt_mask_BP, targets_B) -> (state, metrics)` with a host reward.
+
+  golds(targets: np.ndarray [B] int) -> B gold answer strings. decode(tokens: list[int]) -> completion text.
+  With `state_sharding` given, the rollout and update are pinned to it (see `rl.iteration._pinned`).
+  """
+
+  def __init__(self, cfg, settings: rl_iteration.GRPOSettings, tx, schedule, decode: Callable[[Sequence[int]], str],
+               golds: Callable[[np.ndarray], list[str]], grader: str = "math_verify", workers: int = 2,
+               timeout: float = 10.0, state_sharding=None):
+    mesh = jax.tree.leaves(state_sharding)[0].mesh if state_sharding is not None else None
+    self.rollout = rl_iteration.make_rollout(cfg, settings, state_sharding and state_sharding.params, mesh)
+    self.update = rl_iteration.make_update(cfg, settings, tx, schedule, state_sharding)
+    self.rows = sharding.batch_sharding(mesh, 1) if mesh is not None else None
+    self.settings, self.decode, self.golds = settings, decode, golds
+    self.pool = GraderPool(grader, workers, timeout)
+
+  def __call__(self, state, ref_params, prompt, prompt_mask, targets):
+    G = self.settings.group_size
+    out = self.rollout(state.params, prompt, prompt_mask, state.key())
+    # Every process grades all rows (grading is cheap next to sampling), so the rewards are the same everywhere.
+    tokens, lengths, targets = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                                for x in (out.tokens, out.lengths, targets))
+    preds = [self.decode(tokens[i, :lengths[i]].tolist()) for i in range(len(lengths))]
+    golds = [g for g in self.golds(targets) for _ in range(G)]
+    graded = self.pool.grade(preds, golds)
+    rewards = graded.rewards
+    if self.rows is not None:  # every process holds all rows; each places the shards its devices own
+      rewards = jax.make_array_from_callback(rewards.shape, self.rows, lambda i: graded.rewards[i])
+    adv = grpo.ADVANTAGES[self.settings.advantage](rewards, G)
+    batch = dict(prompt=prompt, prompt_mask=prompt_mask, tokens=out.tokens, lengths=out.lengths,
+                 old_logp=out.logprobs, advantages=adv)
+    state, metrics = self.update(state, ref_params, batch)
+    metrics = metrics | rl_iteration.rollout_metrics(rewards, out, G) | dict(
+        generated_tokens=out.lengths.sum(), grader_timeouts=graded.timeouts, grader_errors=graded.errors)
+    return state, metrics
+
+  def close(self):
+    self.pool.close()
