@@ -75,3 +75,43 @@ def parse_flags(argv: list[str]) -> list[str]:
     culprit = next((b for b in bad if b.rsplit(".", 1)[-1] == key or f".{key}." in b + "."), ", ".join(bad))
     sys.exit(f"FATAL config error: {culprit} names no field of the config (unknown key {key!r})"
              + (f". {hint.group(0)}" if hint else ""))
+
+
+QWEN_MATH_INSTRUCTION = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+
+
+def hf_grpo_config(*, preset: str, model_dir: str, train_path: str, eval_path: str, max_prompt_len: int,
+                   max_new_tokens: int, prompts: int, group_size: int, iterations: int, lr: float,
+                   mesh: dict, microbatches: int = 1, logprob_chunk: int = 0, dtype: str = "bfloat16",
+                   param_dtype: str = "float32", remat: bool = True, eval_size: int = 500,
+                   eval_batch: int = 64) -> ml_collections.ConfigDict:
+  """Every field the `hf_grpo` pipeline reads (sparkjax/pipelines/hf_grpo.py), with the papers' GRPO settings.
+
+  The prompt is Qwen2.5-Math's instruction (step-by-step, final answer in \\boxed{}) in the model's chat template.
+  """
+  c = ml_collections.ConfigDict()
+  c.pipeline = "hf_grpo"
+  c.seed = 0
+  c.grader_workers = 2  # math-verify worker processes
+  c.model = ml_collections.ConfigDict(dict(
+      preset=preset,  # a name in sparkjax.models.config.PRESETS: the checkpoint's shapes (checked on load)
+      dir=model_dir,  # HF directory of the policy
+      gguf="",  # or a GGUF file, converted once into WORKDIR/base_model
+      dtype=dtype, param_dtype=param_dtype, scan_layers=True, remat=remat))
+  c.mesh = ml_collections.ConfigDict(mesh)
+  c.data = ml_collections.ConfigDict(dict(
+      path=train_path, split="train", limit=0,  # limit 0 = all records
+      template=QWEN_MATH_INSTRUCTION, chat=True, system="", max_prompt_len=max_prompt_len))
+  c.eval = ml_collections.ConfigDict(dict(path=eval_path, split="test", size=eval_size, batch_size=eval_batch,
+                                          every=max(1, iterations // 4)))
+  c.rl = ml_collections.ConfigDict()
+  c.rl.iterations = iterations
+  c.rl.batch_size = prompts * group_size  # rollouts per iteration = prompts x group_size
+  c.rl.group_size = group_size
+  c.rl.max_new_tokens = max_new_tokens
+  c.rl.update(grpo_loss_fields())
+  c.rl.num_microbatches = microbatches
+  c.rl.logprob_chunk = logprob_chunk
+  c.rl.optimizer = optimizer_config(lr, iterations, schedule="constant", grad_clip=1.0)
+  c.checkpoint = ml_collections.ConfigDict(dict(every=max(1, iterations // 10), keep=2))
+  return c

@@ -39,3 +39,11 @@ def initialize_from_env() -> None:
 def is_main() -> bool:
   """True on the process that writes metrics and prints (process 0)."""
   return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (no-op for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)

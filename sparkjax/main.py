@@ -17,7 +17,8 @@ from sparkjax import distributed
 from sparkjax.config_args import parse_flags
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "arith.py")
-PIPELINES = {"arith_rl": "sparkjax.pipelines.arith_rl", "generate": "sparkjax.pipelines.generate"}
+PIPELINES = {"arith_rl": "sparkjax.pipelines.arith_rl", "generate": "sparkjax.pipelines.generate",
+             "hf_grpo": "sparkjax.pipelines.hf_grpo"}
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file (configs/*.py[:args]).",
                                 lock_config=True)
@@ -31,6 +32,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, jax backends) hides the progress bars
   if config.pipeline not in PIPELINES:
     sys.exit(f"config field pipeline={config.pipeline!r} is not known; known: {', '.join(PIPELINES)}")
+  if "://" in flags.FLAGS.workdir:
+    # pathlib would turn gs://b/x into a local directory gs:/b/x and lose the run's outputs on the VM's disk.
+    sys.exit(f"error: --workdir={flags.FLAGS.workdir}: remote (gs://) workdirs are not supported yet; give a local "
+             "path or a mounted bucket (gcsfuse), see launch_tpu/README.md")
   try:
     distributed.initialize_from_env()
     importlib.import_module(PIPELINES[config.pipeline]).run(config, flags.FLAGS.workdir)

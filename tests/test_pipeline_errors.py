@@ -79,3 +79,9 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
     read_jsonl(f)
   with pytest.raises(FileNotFoundError, match="nope.jsonl"):
     read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_remote_workdir_is_refused(tmp_path):
+  r = _main("gs://bucket/run")
+  assert r.returncode != 0 and "gs://bucket/run" in r.stderr and "not supported" in r.stderr
+  assert not (ROOT / "gs:").exists()

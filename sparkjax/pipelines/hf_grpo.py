@@ -1,0 +1,222 @@
+"""Pipeline `hf_grpo`: GRPO of a Hugging Face policy on real math data with a math-verify reward (RLVR).
+
+Reads top to bottom: the policy (a HF directory, or a GGUF converted once into the workdir) loaded straight onto its
+shardings, the prompts (chat template + instruction, left-padded to `data.max_prompt_len`), the held-out evaluation,
+then the loop: rollout on device -> math-verify in worker processes -> update on device. Checkpoints (state + data
+iterator) resume exactly; the final policy is written as a HF directory (`WORKDIR/policy_<iterations>`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+from tqdm import tqdm
+
+from sparkjax import distributed, sampling
+from sparkjax.data import math as math_data
+from sparkjax.data.host_grading import GraderPool
+from sparkjax.models import hf
+from sparkjax.models import tokenizer as tok_lib
+from sparkjax.models.config import ModelConfig
+from sparkjax.pipelines import common
+from sparkjax.rl import iteration as rl_iteration
+from sparkjax.rl.host_reward import HostRewardIteration
+from sparkjax.train import metrics as metrics_lib
+from sparkjax.train import state as state_lib
+from sparkjax.train.checkpoint import Checkpointer
+
+
+def model_dir(config, workdir: Path) -> Path:
+  """`model.dir`, or `model.gguf` converted once into WORKDIR/base_model."""
+  m = config.model
+  if m.get("dir"):
+    return Path(m.dir)
+  if not m.get("gguf"):
+    raise ValueError("config model.dir (a Hugging Face model directory) or model.gguf must be set; e.g. "
+                     "--config.model.dir=/path/to/Qwen2.5-Math-1.5B")
+  out = workdir / "base_model"
+  if not (out / "config.json").is_file():
+    from sparkjax.models.gguf import convert_gguf
+
+    if distributed.is_main():
+      common.say(f"converting {m.gguf} -> {out}")
+      convert_gguf(m.gguf, out)
+    distributed.barrier("convert")
+  return out
+
+
+def load_policy(config, workdir: Path) -> tuple[Path, ModelConfig, object, common.Placement]:
+  directory = model_dir(config, workdir)
+  m = config.model
+  cfg = hf.load_config(directory, compute_dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
+                       remat=m.remat)
+  if m.get("preset"):
+    want = ModelConfig.preset(m.preset).num_params()
+    if want != cfg.num_params():
+      raise ValueError(f"config model.preset={m.preset!r} ({want:,} parameters) does not describe {directory} "
+                       f"({cfg.num_params():,} parameters); fix the preset (the memory plan reads it)")
+  return directory, cfg, tok_lib.load_tokenizer(directory), common.Placement(config, cfg)
+
+
+def encode(tokenizer, records: list[math_data.MathRecord], d) -> list[list[int]]:
+  """Prompt token ids: `d.template` filled with the problem, in the chat template if `d.chat`."""
+  return [tok_lib.encode_prompt(tokenizer, d.template.format(problem=r.problem), chat=d.chat,
+                                system=d.get("system") or None) for r in records]
+
+
+def fit_prompts(data: math_data.MathData, prompts: list[list[int]], limit: int, what: str):
+  """Keeps prompts of at most `limit` tokens; the others are reported, never silently dropped."""
+  keep = [i for i, p in enumerate(prompts) if len(p) <= limit]
+  if len(keep) < len(prompts):
+    common.say(f"{what}: {len(prompts) - len(keep)} of {len(prompts)} prompts are longer than {limit} tokens "
+               "(data.max_prompt_len) and are left out")
+  if not keep:
+    raise ValueError(f"{what}: every prompt of {data.source} is longer than data.max_prompt_len={limit}")
+  return [data.records[i] for i in keep], [prompts[i] for i in keep], len(prompts) - len(keep)
+
+
+def make_evaluator(cfg, place: common.Placement, tokenizer, records, prompts, P: int, sp: sampling.SamplingParams,
+                   batch: int, pool: GraderPool):
+  """Greedy accuracy on the eval records: fixed batches of `batch` prompts (the last one padded with repeats)."""
+  sampler = sampling.make_sampler(cfg, sp, place.params, place.mesh)
+  golds = [r.answer for r in records]
+
+  def evaluate(params) -> tuple[float, list[str]]:
+    texts = []
+    for lo in range(0, len(prompts), batch):
+      chunk = prompts[lo:lo + batch]
+      chunk = chunk + [chunk[-1]] * (batch - len(chunk))
+      tokens, mask = sampling.pad_prompts(chunk, sp.pad_id, P)
+      rows = slice(jax.process_index() * batch // jax.process_count(),
+                   (jax.process_index() + 1) * batch // jax.process_count())
+      local = place.batch(dict(prompt=tokens[rows], prompt_mask=mask[rows]), "eval.batch_size")
+      out = sampler(params, local["prompt"], local["prompt_mask"], jax.random.key(0))
+      toks, lengths = common.host(out.tokens), common.host(out.lengths)
+      texts += [tokenizer.decode(toks[i, :lengths[i]], skip_special_tokens=True) for i in range(len(chunk))]
+    texts = texts[:len(prompts)]
+    graded = pool.grade(texts, golds)
+    return float(graded.rewards.mean()), texts
+
+  return evaluate
+
+
+def settings_from(c, sp: sampling.SamplingParams) -> rl_iteration.GRPOSettings:
+  return rl_iteration.GRPOSettings(
+      sampling=sp, advantage=c.advantage, policy_loss=c.policy_loss, eps_low=c.eps_low, eps_high=c.eps_high,
+      dual_clip=c.dual_clip, aggregation=c.aggregation, kl=c.kl, kl_coef=c.kl_coef, mu=c.mu,
+      num_microbatches=c.get("num_microbatches", 1), logprob_chunk=c.get("logprob_chunk", 0))
+
+
+def run(config, workdir: str) -> dict:
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  c, d = config.rl, config.data
+  if c.batch_size % c.group_size:
+    raise ValueError(f"config rl.batch_size={c.batch_size} (rollouts per iteration) is not a multiple of "
+                     f"rl.group_size={c.group_size}")
+
+  # Policy, tokenizer, placement.
+  directory, cfg, tokenizer, place = load_policy(config, workdir)
+  stop = tok_lib.stop_tokens(tokenizer, directory)
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+  common.say(f"policy: {directory} ({cfg.model_type}, {cfg.num_params() / 1e6:.1f}M params), mesh "
+             f"{dict(place.mesh.shape)}")
+  params, _ = hf.load_params(directory, cfg, place.params)
+
+  # Prompts.
+  train = math_data.load_math(d.path, split=d.get("split", "train"), limit=d.get("limit") or None)
+  common.say(train.report())
+  records, prompts, too_long = fit_prompts(train, encode(tokenizer, train.records, d), d.max_prompt_len, "train")
+  P = d.max_prompt_len
+  data = math_data.prompt_dataset(prompts, P, pad, config.seed, c.batch_size // c.group_size, jax.process_index(),
+                                  jax.process_count())
+  it = iter(data)
+  golds = lambda targets: [records[int(t)].answer for t in targets]
+
+  # Held-out evaluation.
+  e = config.eval
+  pool = GraderPool("math_verify", workers=config.get("grader_workers", 2), timeout=10.0)
+  evaluate = None
+  if e.get("path"):
+    held = math_data.load_math(e.path, split=e.get("split", "test"), limit=e.size)
+    common.say(held.report())
+    held_records, held_prompts, _ = fit_prompts(held, encode(tokenizer, held.records, d), P, "eval")
+    greedy = sampling.SamplingParams(max_new_tokens=c.max_new_tokens, temperature=0.0, stop_tokens=stop, pad_id=pad)
+    evaluate = make_evaluator(cfg, place, tokenizer, held_records, held_prompts, P, greedy, e.batch_size, pool)
+
+  # State, reference, the iteration.
+  tx, schedule = state_lib.make_optimizer(c.optimizer)
+  state_sh = place.state(tx)
+  state = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed), out_shardings=state_sh)(params)
+  ref_params = params  # the state holds its own copy; the loaded weights stay as the KL reference
+  ckpt = Checkpointer(workdir / "checkpoints" / "rl", max_to_keep=config.checkpoint.keep)
+  history = {}
+  if ckpt.latest_step() is not None:
+    state, data_state, history = ckpt.restore(state)
+    it.set_state(data_state)
+    common.say(f"rl: resumed from iteration {int(state.step) // c.mu}")
+  sp = sampling.SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
+                               num_samples=c.group_size, stop_tokens=stop, pad_id=pad)
+  settings = settings_from(c, sp)
+  decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+  iterate = HostRewardIteration(cfg, settings, tx, schedule, decode, golds, "math_verify",
+                                workers=config.get("grader_workers", 2), state_sharding=state_sh)
+  writer = metrics_lib.Writer(workdir / "tensorboard", enabled=distributed.is_main())
+
+  def throughput(m):
+    dt = max(m["iteration_seconds"], 1e-9)
+    return dict(samples_per_second=c.batch_size / dt, tokens_per_second=m["generated_tokens"] / dt)
+
+  def run_eval(i, params):
+    acc, texts = evaluate(params)
+    history[str(i)] = dict(accuracy=acc)
+    writer.scalars(i, dict(heldout_accuracy=acc), "eval/")
+    writer.text(i, "eval/samples", "\n\n---\n\n".join(texts[:4]))
+    common.say(f"iteration {i}: held-out greedy accuracy {acc:.3f} on {len(texts)} problems ({e.path})")
+
+  start = int(state.step) // c.mu
+  if evaluate is not None and start == 0 and "0" not in history:
+    run_eval(0, state.params)
+  loop = metrics_lib.MetricsLoop(writer, "rl/", derive=throughput)
+  bar = tqdm(range(start, c.iterations), initial=start, total=c.iterations, desc="grpo", file=sys.stderr,
+             disable=jax.process_index() != 0 or start >= c.iterations)
+  t_last = time.time()
+  try:
+    for i in bar:
+      batch = place.batch(next(it), "rl.batch_size / rl.group_size (prompts per iteration)")
+      state, m = iterate(state, ref_params, batch["prompt"], batch["prompt_mask"], batch["target"])
+      now = time.time()
+      host = loop.push(i, m, dict(iteration_seconds=now - t_last))
+      t_last = now
+      if host:
+        bar.set_postfix(reward=f"{host['reward_mean']:.3f}", kl=f"{host['kl']:.4f}")
+      last = i + 1 == c.iterations
+      if evaluate is not None and ((i + 1) % e.every == 0 or last):
+        run_eval(i + 1, state.params)
+      if (i + 1) % config.checkpoint.every == 0 or last:
+        loop.flush()
+        ckpt.save(i + 1, state, common.data_state(it), history)
+    final = loop.flush() or loop.last
+  finally:
+    iterate.close()
+    pool.close()
+    ckpt.close()
+
+  out_dir = workdir / f"policy_{c.iterations}"  # a longer run started later writes its own
+  if distributed.is_main() and not out_dir.exists():
+    params_host = jax.tree.map(common.host, state.params)
+    hf.save_params(params_host, cfg, out_dir, extra_files=lambda tmp: tokenizer.save_pretrained(str(tmp)))
+    common.say(f"policy written to {out_dir}")
+  writer.close()
+  summary = dict(history=history, final_metrics=final, train_records=len(records), train_unreadable=len(train.bad),
+                 train_too_long=too_long)
+  if distributed.is_main():
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if history:
+      first, latest = history[min(history, key=int)], history[max(history, key=int)]
+      print(f"held-out greedy accuracy: {first['accuracy']:.3f} -> {latest['accuracy']:.3f}")
+  return summary
