@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from sparkjax import distributed, sampling, sharding
+from sparkjax import distributed, sampling
 from sparkjax.data import arith, world_data
 from sparkjax.data.grading import make_suffix_reward
 from sparkjax.models import transformer
@@ -83,26 +83,9 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: comm
     it.set_state(data_state)
     common.say(f"sft: resumed from step {int(state.step)}")
   step_fn = sft.make_sft_step(cfg, tx, schedule, c.accum, state_sharding=place.state(tx),
-                              batch_sharding=sharding.batch_sharding(place.mesh, 2))
-  def throughput(m):
-    return dict(tokens_per_second=m["target_tokens"] / max(m["step_seconds"], 1e-9))
-
-  loop = metrics_lib.MetricsLoop(writer, "sft/", derive=throughput)
-  start = int(state.step)
-  t_last = time.time()
-  bar = tqdm(range(start, c.steps), initial=start, total=c.steps, desc="sft", file=sys.stderr,
-             disable=jax.process_index() != 0 or start >= c.steps)
-  for step in bar:
-    state, m = step_fn(state, place.batch(next(it), "sft.batch_size"))
-    now = time.time()
-    host = loop.push(step, m, dict(step_seconds=now - t_last))
-    t_last = now
-    if host:
-      bar.set_postfix(loss=f"{host['loss']:.3f}", tok_acc=f"{host['token_accuracy']:.3f}")
-    if (step + 1) % config.checkpoint.every == 0 or step + 1 == c.steps:
-      loop.flush()  # check this step's metrics before its checkpoint exists
-      ckpt.save(step + 1, state, common.data_state(it))
-  loop.flush()
+                              batch_sharding=place.rows)
+  state = common.train_loop("sft", state, step_fn, it, c.steps, ckpt, writer, place, config.checkpoint.every,
+                            "sft.batch_size")
   acc, greedy_acc, _ = evaluate(state.params)
   ckpt.close()
   return state.params, float(acc), float(greedy_acc)

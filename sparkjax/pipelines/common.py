@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import jax
 from jax.experimental import multihost_utils
@@ -13,6 +14,7 @@ import numpy as np
 from sparkjax import distributed, sharding
 from sparkjax.models import transformer
 from sparkjax.models.config import ModelConfig
+from sparkjax.train import metrics as metrics_lib
 from sparkjax.train import state as state_lib
 
 
@@ -29,6 +31,7 @@ class Placement:
     self.params = sharding.param_shardings(cfg, self.mesh)
     sharding.check_replication(transformer.abstract_params(cfg), self.params)
     self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self.rows = sharding.batch_sharding(self.mesh, 1)  # dim 0 over the data axes, for arrays of any rank
     self.abstract_params = transformer.abstract_params(cfg)
 
   def state(self, tx):
@@ -56,3 +59,31 @@ def decode_samples(tokenizer, tokens, n=4) -> str:
 
 def data_state(it) -> dict:
   return json.loads(json.dumps(it.get_state()))
+
+
+def train_loop(name: str, state, step_fn, it, steps: int, ckpt, writer, place: Placement, every: int, what: str):
+  """Runs `step_fn(state, batch)` from state.step to `steps` on batches from `it`, with a progress bar (loss and
+  token accuracy), metrics under `name/` (one step late, NaN-checked) and a checkpoint (state + iterator) every
+  `every` steps and at the end, each written only after its step's metrics were checked."""
+  from tqdm import tqdm
+
+  def throughput(m):
+    return dict(tokens_per_second=m["target_tokens"] / max(m["step_seconds"], 1e-9))
+
+  loop = metrics_lib.MetricsLoop(writer, f"{name}/", derive=throughput)
+  start = int(state.step)
+  t_last = time.time()
+  bar = tqdm(range(start, steps), initial=start, total=steps, desc=name, file=sys.stderr,
+             disable=jax.process_index() != 0 or start >= steps)
+  for step in bar:
+    state, m = step_fn(state, place.batch(next(it), what))
+    now = time.time()
+    host_m = loop.push(step, m, dict(step_seconds=now - t_last))
+    t_last = now
+    if host_m:
+      bar.set_postfix(loss=f"{host_m['loss']:.3f}", tok_acc=f"{host_m['token_accuracy']:.3f}")
+    if (step + 1) % every == 0 or step + 1 == steps:
+      loop.flush()  # check this step's metrics before its checkpoint exists
+      ckpt.save(step + 1, state, data_state(it))
+  loop.flush()
+  return state
