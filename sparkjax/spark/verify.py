@@ -1,0 +1,204 @@
+"""SPARK-PRM Stage I: generate solutions, verify them step by step without reference answers, scale verification in
+parallel (self-consistency over N) and sequentially (meta-critique), and write the training data of Stage II.
+
+Throughput: every model call goes through `sample_texts`, which batches many prompts into one jitted sampler call
+(prompts left-padded to one bucketed length, so a handful of shapes compile) and draws the N verifications of a
+solution as N samples sharing that prompt's single prefill.
+
+Data variants (one JSON-lines file each, readable by `datasets.load_dataset("json", ...)`):
+  step_consistency      per-step majority over N verifications (errors propagated); rationale = a verification
+                        that agrees with it (`verdicts.step_consensus`)
+  outcome_consistency   majority of the N final Yes/No; steps and rationale from a verification with that verdict
+  meta_critique_base    one verification -> critique (T = 0) -> merged verification (T = 0)
+  meta_critique_outcome the outcome-consensus verification -> critique -> merge
+  reference_guided      one verification whose prompt holds the expected answer (the paper's "ceiling" baseline)
+A record: id, problem, steps, answer, verdicts (propagated, True = correct), final, rationale, variant, votes,
+unparseable; in the arithmetic world also gold_verdicts / gold_final (exact labels, for scoring only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from sparkjax import sampling
+from sparkjax.data.jsonl import write_jsonl_atomic
+from sparkjax.spark import verdicts as vd
+
+VARIANTS = ("step_consistency", "outcome_consistency", "meta_critique_base", "meta_critique_outcome",
+            "reference_guided")
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One solution to verify: the texts the prompts take, and (world only) its exact labels."""
+
+  id: str
+  problem: str
+  steps: tuple[str, ...]
+  answer: str
+  reference: str | None = None  # the expected answer; only the reference-guided baseline shows it to the verifier
+  gold_verdicts: tuple[bool, ...] | None = None
+  gold_final: bool | None = None
+
+
+class TextModel:
+  """A model + tokenizer that turns prompt texts into sampled completion texts, batched and jitted.
+
+  encode(text) -> token ids; decode(ids) -> text. `rows` bounds the rows (prompts x samples) of one sampler call.
+  """
+
+  def __init__(self, params, cfg, encode: Callable[[str], list[int]], decode: Callable[[Sequence[int]], str],
+               stop_tokens: tuple[int, ...], pad_id: int, rows: int = 256, param_shardings=None, mesh=None):
+    self.params, self.cfg, self.encode, self.decode = params, cfg, encode, decode
+    self.stop, self.pad, self.rows = stop_tokens, pad_id, rows
+    self.param_shardings, self.mesh = param_shardings, mesh
+    self._samplers = {}
+
+  def _sampler(self, sp: sampling.SamplingParams):
+    if sp not in self._samplers:
+      self._samplers[sp] = sampling.make_sampler(self.cfg, sp, self.param_shardings, self.mesh)
+    return self._samplers[sp]
+
+  def sample_texts(self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, key,
+                   top_p: float = 1.0, desc: str | None = None) -> list[list[str]]:
+    """n completions of each prompt: [len(prompts)][n] texts. Prompts go `rows // n` at a time (the last batch is
+    padded with repeats, so every call has the same shape); the n samples of a prompt share its prefill."""
+    sp = sampling.SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                 num_samples=n, stop_tokens=self.stop, pad_id=self.pad)
+    ids = [self.encode(p) for p in prompts]
+    per_call = max(1, self.rows // n)
+    if self.mesh is not None:  # the prompt batch must split over the data axes
+      from sparkjax import sharding
+
+      while per_call > 1:
+        try:
+          sharding.check_batch(per_call, self.mesh)
+          break
+        except ValueError:
+          per_call -= 1
+    P = sampling.bucket_length(max(len(i) for i in ids))
+    sampler = self._sampler(sp)
+    out: list[list[str]] = []
+    chunks = range(0, len(ids), per_call)
+    for c, lo in enumerate(tqdm(chunks, desc=desc, file=sys.stderr, disable=desc is None or len(chunks) < 2)):
+      chunk = ids[lo:lo + per_call]
+      real = len(chunk)
+      chunk = chunk + [chunk[-1]] * (per_call - real)
+      tokens, mask = sampling.pad_prompts(chunk, self.pad, P)
+      res = jax.device_get(sampler(self.params, tokens, mask, jax.random.fold_in(key, c)))
+      for b in range(real):
+        out.append([self.decode(res.tokens[b * n + g, :res.lengths[b * n + g]].tolist()) for g in range(n)])
+    return out
+
+
+# ---- stage I steps -----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyConfig:
+  """Decoding of the verifier (spec: T = 0.8, top_p 0.95 for verification; T = 0 for critique and merge)."""
+
+  n: int = 16  # verifications per solution (parallel scaling)
+  temperature: float = 1.0
+  top_p: float = 1.0
+  max_new_tokens: int = 96
+  style: str = "world"  # prompt wording: "world" (the arithmetic world's vocabulary) or "llm"
+  consensus: vd.ConsensusConfig = vd.ConsensusConfig()
+
+
+def verify(model: TextModel, items: Sequence[Item], vc: VerifyConfig, key, reference: bool = False,
+           n: int | None = None) -> list[list[tuple[str, vd.Verification]]]:
+  """n verifications of each item (default vc.n): [item][sample] (text, parsed). With `reference`, the prompt
+  holds the item's expected answer (the reference-guided baseline)."""
+  prompts = [vd.verifier_prompt(it.problem, list(it.steps), it.reference if reference else None, answer=it.answer,
+                                style=vc.style) for it in items]
+  texts = model.sample_texts(prompts, n or vc.n, vc.max_new_tokens, vc.temperature, key, vc.top_p,
+                             desc="verify" + (" (reference)" if reference else ""))
+  return [[(t, vd.parse_verification(t, len(it.steps))) for t in row] for it, row in zip(items, texts)]
+
+
+def meta_critique(model: TextModel, items: Sequence[Item], verifications: Sequence[str], vc: VerifyConfig,
+                  key) -> list[tuple[str, vd.Verification, str]]:
+  """Sequential scaling: verification -> critique (greedy) -> merged verification (greedy, same format).
+
+  Returns per item (merged text, parsed merged, critique text)."""
+  k1, k2 = jax.random.split(key)
+  crit_prompts = [vd.critique_prompt(it.problem, list(it.steps), v, answer=it.answer, style=vc.style)
+                  for it, v in zip(items, verifications)]
+  critiques = [r[0] for r in model.sample_texts(crit_prompts, 1, vc.max_new_tokens, 0.0, k1, desc="critique")]
+  merge_prompts = [vd.merge_prompt(it.problem, list(it.steps), v, c, answer=it.answer, style=vc.style)
+                   for it, v, c in zip(items, verifications, critiques)]
+  merged = [r[0] for r in model.sample_texts(merge_prompts, 1, vc.max_new_tokens, 0.0, k2, desc="merge")]
+  return [(m, vd.parse_verification(m, len(it.steps)), c) for it, m, c in zip(items, merged, critiques)]
+
+
+def _labels(v: vd.Verification, num_steps: int) -> tuple[list[bool] | None, bool | None]:
+  """Training labels from one parsed verification: propagated step verdicts (None unless exactly num_steps)."""
+  steps = vd.propagate(v.steps) if v.steps is not None and len(v.steps) == num_steps else None
+  return steps, v.final
+
+
+def record(it: Item, variant: str, steps: Sequence[bool] | None, final: bool | None, rationale: str | None,
+           votes: int = 1, unparseable: int = 0) -> dict | None:
+  """A dataset record, or None when the labels are incomplete (the caller counts those)."""
+  if steps is None or final is None or rationale is None:
+    return None
+  r = dict(id=it.id, problem=it.problem, steps=list(it.steps), answer=it.answer, verdicts=[bool(s) for s in steps],
+           final=bool(final), rationale=rationale, variant=variant, votes=votes, unparseable=unparseable)
+  if it.gold_verdicts is not None:
+    r.update(gold_verdicts=list(it.gold_verdicts), gold_final=bool(it.gold_final))
+  return r
+
+
+def consistency_records(items: Sequence[Item], samples: Sequence[Sequence[tuple[str, vd.Verification]]],
+                        cfg: vd.ConsensusConfig, n: int | None = None) -> dict[str, list]:
+  """Step- and outcome-level consensus over the first n samples of each item -> {variant: records}, plus the
+  per-item consensus objects under "_step" / "_outcome" (None entries where nobody voted)."""
+  out = {"step_consistency": [], "outcome_consistency": [], "_step": [], "_outcome": []}
+  for it, row in zip(items, samples):
+    row = list(row[:n] if n else row)
+    vs = [v for _, v in row]
+    sc = vd.step_consensus(vs, len(it.steps), cfg)
+    oc = vd.outcome_consensus(vs, cfg)
+    out["_step"].append(sc)
+    out["_outcome"].append(oc)
+    if sc.chosen is not None:
+      out["step_consistency"].append(record(it, "step_consistency", sc.steps, sc.final, row[sc.chosen][0],
+                                            sc.votes, sc.unparseable))
+    if oc.chosen is not None:
+      steps, _ = _labels(vs[oc.chosen], len(it.steps))
+      out["outcome_consistency"].append(record(it, "outcome_consistency", steps, oc.final, row[oc.chosen][0],
+                                               oc.votes, oc.unparseable))
+  for k in ("step_consistency", "outcome_consistency"):
+    out[k] = [r for r in out[k] if r is not None]
+  return out
+
+
+def balance(items: Sequence[Item], problem_of: Sequence[int], per_side: int, rng: np.random.Generator) -> list[Item]:
+  """The optional ground-truth balancing of the released scripts: per problem at most `per_side` correct and
+  `per_side` incorrect solutions (by gold_final), chosen at random. Verification itself never sees the labels."""
+  by_problem: dict[int, list[Item]] = {}
+  for it, p in zip(items, problem_of):
+    if it.gold_final is None:
+      raise ValueError(f"balance needs ground-truth labels; item {it.id} has none")
+    by_problem.setdefault(p, []).append(it)
+  out = []
+  for p in sorted(by_problem):
+    for side in (True, False):
+      group = [it for it in by_problem[p] if it.gold_final == side]
+      keep = rng.permutation(len(group))[:per_side]
+      out += [group[i] for i in sorted(keep)]
+  return out
+
+
+def write_variants(out_dir: Path, variants: dict[str, list[dict]]) -> dict[str, Path]:
+  """One `<variant>.jsonl` per data variant (atomic writes)."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  return {name: write_jsonl_atomic(out_dir / f"{name}.jsonl", recs) for name, recs in variants.items()}
