@@ -1,0 +1,77 @@
+"""SPARK-PRM Stages I and II in the arithmetic world (pipeline `spark_prm`, sparkjax/pipelines/spark_prm.py).
+
+Command:   python -m sparkjax.main --config=configs/spark_prm.py --workdir=/tmp/spark_prm
+Smoke:     python -m sparkjax.main --config=configs/spark_prm.py:runlocal --workdir=/tmp/spark_prm_smoke
+Hardware:  a 2-core CPU. Expect: see README "SPARK-PRM in the arithmetic world" for the measured table and time.
+Args:      runlocal (tiny sizes, a smoke run), eps=F (the verifier teacher's per-step error rate).
+
+Stage I verifies M = 4 solutions of 256 unlabelled problems with N = 16 samples each (T = 0.8, top_p 0.95, as the
+paper); the paper uses M = 8 and a 32B verifier. Stage II trains PRMs from the generator's weights (the paper starts from
+an instruct model) on each data variant and scores them with the ProcessBench metric on held-out problems.
+"""
+
+import ml_collections
+
+from sparkjax.config_args import optimizer_config, parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, runlocal=False, eps=0.1)
+  c = ml_collections.ConfigDict()
+  c.pipeline = "spark_prm"
+  c.seed = 0
+  c.world = ml_collections.ConfigDict(dict(min_ops=2, max_ops=4, max_operand=5, max_value=30, ops="+-"))
+  c.data = ml_collections.ConfigDict(dict(format="steps", train_seed=1, eval_seed=3, eval_size=256, verifier_seed=4,
+                                          stage1_seed=5, heldout_seed=6))
+  c.model = ml_collections.ConfigDict(dict(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
+                                           num_kv_heads=2, dtype="float32"))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tp=1))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=2))
+
+  # 1. The generator: SFT on an imperfect generator's demonstrations (as the main job), so its samples carry errors.
+  c.sft = ml_collections.ConfigDict(dict(steps=300, batch_size=64, accum=1, p_error=0.5))
+  c.sft.optimizer = optimizer_config(3e-3, 300, warmup_steps=20, schedule="cosine")
+
+  # 2. The verifier: the generator's weights SFT'd on teacher transcripts with a per-step error rate eps.
+  c.verifier = ml_collections.ConfigDict(dict(steps=1000, batch_size=32, eps=arg.eps, p_error=0.5))
+  c.verifier.optimizer = optimizer_config(3e-3, 1000, warmup_steps=20, schedule="cosine")
+
+  # 3. Stage I.
+  c.stage1 = ml_collections.ConfigDict()
+  c.stage1.problems = 256
+  c.stage1.m = 4  # solutions per problem
+  c.stage1.n_list = [1, 4, 8, 16]  # self-consistency sizes scored; the largest is sampled, smaller ones are prefixes
+  c.stage1.balance_per_side = 0  # > 0: keep at most this many correct and incorrect solutions per problem (uses labels)
+  c.stage1.rows = 512  # rows (prompts x samples) per sampler call
+  c.stage1.generate = ml_collections.ConfigDict(dict(temperature=1.0, top_p=1.0, max_new_tokens=48))
+  c.stage1.verify = ml_collections.ConfigDict(dict(temperature=0.8, top_p=0.95, max_new_tokens=72))  # the paper's
+  c.stage1.consensus = ml_collections.ConfigDict(dict(tie="incorrect", mismatch="drop", propagate=True))
+
+  # 4. Stage II: "variant:format" runs; formats orm, prm, prm_cot, disc.
+  c.stage2 = ml_collections.ConfigDict()
+  c.stage2.runs = ["step_consistency:prm", "outcome_consistency:prm", "meta_critique_base:prm",
+                   "meta_critique_outcome:prm", "reference_guided:prm", "step_consistency:prm_cot",
+                   "step_consistency:orm", "step_consistency:disc"]
+  c.stage2.steps = 200
+  c.stage2.batch_size = 32
+  c.stage2.optimizer = optimizer_config(2e-3, 200, warmup_steps=20, schedule="cosine")
+  c.stage2.max_new_tokens = 72
+  c.stage2.score_batch = 256
+  c.stage2.heldout_problems = 200
+  c.stage2.heldout_m = 2
+  c.stage2.heldout_balance = 0
+
+  if arg.runlocal:
+    c.model.update(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1)
+    c.data.eval_size = 16
+    c.sft.update(steps=150, batch_size=32)  # enough for readable solutions, which Stage I needs
+    c.sft.optimizer.total_steps = 150
+    c.verifier.update(steps=120, batch_size=16)  # enough for parseable verifications in every variant
+    c.verifier.optimizer.total_steps = 120
+    c.stage1.update(problems=8, m=2, n_list=[1, 2], rows=64)
+    c.stage2.update(steps=3, batch_size=8, heldout_problems=8, heldout_m=2, score_batch=16)
+    c.stage2.optimizer.total_steps = 3
+    c.stage2.runs = ["step_consistency:prm", "outcome_consistency:prm_cot", "reference_guided:orm",
+                     "step_consistency:disc"]
+    c.checkpoint.every = 2
+  return c

@@ -1,0 +1,305 @@
+"""Pipeline `spark_prm`: SPARK-PRM Stages I and II in the arithmetic world, every stage scored against exact labels.
+
+Reads top to bottom:
+  1. generator: a small policy SFT'd on an imperfect generator's demonstrations (the `arith_rl` SFT phase);
+  2. verifier: the generator's weights SFT'd on the world's verification transcripts, written by a teacher that knows
+     the exact labels but errs at rate `verifier.eps` per step (sparkjax/spark/world_verifier.py);
+  3. Stage I on unlabelled problems: M solutions each, N verifications each, consensus, meta-critique,
+     reference-guided -> one dataset file per variant (sparkjax/spark/verify.py), and the verifier's quality table;
+  4. Stage II: a PRM trained on each variant (and ORM / PRM-CoT / discriminative on step-level consistency), each
+     scored with the ProcessBench metric on a held-out world set.
+Every stage keeps its output in the workdir (checkpoints, dataset files, results.json) and is skipped when its
+output is already there, so a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from sparkjax import distributed
+from sparkjax.data import arith, world_data
+from sparkjax.data.grading import make_suffix_reward
+from sparkjax.eval import processbench
+from sparkjax.pipelines import arith_rl, common
+from sparkjax.spark import prm as prm_lib
+from sparkjax.spark import verdicts as vd
+from sparkjax.spark import verify as verify_lib
+from sparkjax.spark import world_verifier as wv
+from sparkjax.train import metrics as metrics_lib
+from sparkjax.train import sft, state as state_lib
+from sparkjax.train.checkpoint import Checkpointer
+
+
+# ---- models ------------------------------------------------------------------------------------------------------
+
+
+def train_verifier(config, workdir: Path, cfg, tokenizer, world, init_params, writer, place: common.Placement):
+  """The verifier: `init_params` SFT'd on teacher transcripts (verify / reference / critique / merge tasks)."""
+  c = config.verifier
+  tx, schedule = state_lib.make_optimizer(c.optimizer)
+  encoder = wv.VerifierEncoder(world, tokenizer)
+  data = wv.verifier_dataset(encoder, config.data.verifier_seed, c.batch_size, c.eps, p_error=c.p_error,
+                             process_index=jax.process_index(), process_count=jax.process_count())
+  it = iter(data)
+  state = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed + 2), out_shardings=place.state(tx))(
+      init_params)
+  ckpt = Checkpointer(workdir / "checkpoints" / "verifier", max_to_keep=config.checkpoint.keep)
+  if ckpt.latest_step() is not None:
+    state, data_state, _ = ckpt.restore(state)
+    it.set_state(data_state)
+    common.say(f"verifier: resumed from step {int(state.step)}")
+  step_fn = sft.make_sft_step(cfg, tx, schedule, 1, state_sharding=place.state(tx),
+                              batch_sharding=place.rows)
+  state = common.train_loop("verifier", state, step_fn, it, c.steps, ckpt, writer, place, config.checkpoint.every,
+                            "verifier.batch_size")
+  ckpt.close()
+  return state.params
+
+
+def text_model(params, cfg, tokenizer, place, rows: int) -> verify_lib.TextModel:
+  eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+  decode = lambda ids: tokenizer.decode([t for t in ids if t not in (eos, pad)])
+  return verify_lib.TextModel(params, cfg, tokenizer.encode, decode, (eos,), pad, rows, place.params, place.mesh)
+
+
+# ---- stage I -----------------------------------------------------------------------------------------------------
+
+
+def solutions(generator: verify_lib.TextModel, problems: list[arith.Problem], m: int, c, key,
+              prefix: str) -> tuple[list[verify_lib.Item], list[int], int]:
+  """M sampled solutions per problem as items with exact labels; (items, problem index of each, unreadable)."""
+  texts = generator.sample_texts([arith.prompt_text(p) for p in problems], m, c.max_new_tokens, c.temperature, key,
+                                 c.top_p, desc="generate")
+  items, owner, unreadable = [], [], 0
+  for i, (p, row) in enumerate(zip(problems, texts)):
+    for j, t in enumerate(row):
+      steps, answer = arith.parse_solution(t)
+      if not steps or answer is None:
+        unreadable += 1
+        continue
+      sol = arith.Solution(tuple(steps), answer)
+      fields = wv.solution_fields(p, sol)
+      gold_steps, gold_final = wv.gold(p, sol)
+      items.append(verify_lib.Item(f"{prefix}{i}-{j}", fields["problem"], tuple(fields["steps"]),
+                                   str(fields["answer"]), str(p.answer), tuple(gold_steps), gold_final))
+      owner.append(i)
+  return items, owner, unreadable
+
+
+def first_errors(steps_list, finals, items) -> list[int | None]:
+  """ProcessBench predictions from per-item step verdicts: first incorrect step, -1 if none, None if unread."""
+  out = []
+  for s, f, it in zip(steps_list, finals, items):
+    if s is None or len(s) != len(it.steps):
+      out.append(None)
+    else:
+      k = next((i for i, ok in enumerate(s) if not ok), -1)
+      out.append(k)
+  return out
+
+
+def gold_first_error(it: verify_lib.Item) -> int:
+  return next((i for i, ok in enumerate(it.gold_verdicts) if not ok), -1)
+
+
+def quality(items, steps_list, finals) -> dict:
+  """Exact-label scores of one way of labelling: step F1 (positive = incorrect step), outcome F1 (positive = wrong
+  answer) and the ProcessBench first-error F1."""
+  steps_list = [vd.propagate(s) if s is not None else None for s in steps_list]
+  gold_steps = [list(it.gold_verdicts) for it in items]
+  pb = processbench.score([gold_first_error(it) for it in items], first_errors(steps_list, finals, items))
+  return dict(step=vd.step_f1(steps_list, gold_steps), outcome=vd.outcome_f1(finals, [it.gold_final for it in items]),
+              processbench=pb)
+
+
+def stage1(config, workdir: Path, generator, verifier, key) -> tuple[dict, dict]:
+  """Stage I on unlabelled problems -> (dataset paths by variant, verifier quality table)."""
+  c, vc_cfg = config.stage1, config.stage1.verify
+  out_dir = workdir / "stage1"
+  done = out_dir / "quality.json"
+  if done.is_file():
+    common.say(f"stage I: found {out_dir}, skipping")
+    return {v: out_dir / f"{v}.jsonl" for v in verify_lib.VARIANTS}, json.loads(done.read_text())
+  world = arith.WorldConfig(**config.world)
+  problems = [arith.problem_at(config.data.stage1_seed, i, world) for i in range(c.problems)]
+  k_gen, k_ver, k_ref, k_mc1, k_mc2 = jax.random.split(key, 5)
+  items, owner, unreadable = solutions(generator, problems, c.m, c.generate, k_gen, "s")
+  if c.balance_per_side:
+    items = verify_lib.balance(items, owner, c.balance_per_side, np.random.default_rng(config.seed))
+  if not items:
+    raise ValueError(f"stage I: none of the generator's {unreadable} solutions could be read (steps and an answer "
+                     "line); train the generator longer (config sft.steps)")
+  common.say(f"stage I: {len(items)} solutions to verify ({unreadable} generated solutions unreadable, "
+             f"{sum(not it.gold_final for it in items)} with an error)")
+  vc = verify_lib.VerifyConfig(n=max(c.n_list), temperature=vc_cfg.temperature, top_p=vc_cfg.top_p,
+                               max_new_tokens=vc_cfg.max_new_tokens, style="world",
+                               consensus=vd.ConsensusConfig(**c.consensus))
+  t0 = time.time()
+  samples = verify_lib.verify(verifier, items, vc, k_ver)
+  rows = len(items) * vc.n
+  table = dict(solutions=len(items), with_error=sum(not it.gold_final for it in items), n_max=vc.n,
+               verify_seconds=time.time() - t0, verifications=rows,
+               unparseable=sum(not v.ok for row in samples for _, v in row))
+  # Single verification: the first sample of each item.
+  single = [verify_lib._labels(row[0][1], len(it.steps)) for it, row in zip(items, samples)]
+  table["single"] = quality(items, [s for s, _ in single], [f for _, f in single])
+  # Self-consistency with the first n samples.
+  for n in c.n_list:
+    cons = verify_lib.consistency_records(items, samples, vc.consensus, n)
+    table[f"step_consensus@{n}"] = quality(items, [s.steps for s in cons["_step"]], [s.final for s in cons["_step"]])
+    table[f"outcome_consensus@{n}"] = quality(
+        items, [verify_lib._labels(samples[i][o.chosen][1], len(it.steps))[0] if o.chosen is not None else None
+                for i, (it, o) in enumerate(zip(items, cons["_outcome"]))], [o.final for o in cons["_outcome"]])
+  variants = {k: v for k, v in cons.items() if not k.startswith("_")}
+  # Meta-critique of a single verification, and of the outcome-consensus verification.
+  oc = cons["_outcome"]
+  base_texts = [row[0][0] for row in samples]
+  outcome_texts = [samples[i][o.chosen][0] if o.chosen is not None else samples[i][0][0] for i, o in enumerate(oc)]
+  for name, texts, k in (("meta_critique_base", base_texts, k_mc1), ("meta_critique_outcome", outcome_texts, k_mc2)):
+    merged = verify_lib.meta_critique(verifier, items, texts, vc, k)
+    labels = [verify_lib._labels(v, len(it.steps)) for it, (_, v, _) in zip(items, merged)]
+    table[name] = quality(items, [s for s, _ in labels], [f for _, f in labels])
+    variants[name] = [r for r in (verify_lib.record(it, name, s, f, m) for it, (s, f), (m, _, _) in
+                                  zip(items, labels, merged)) if r is not None]
+  # Reference-guided baseline: one verification whose prompt holds the expected answer.
+  ref = verify_lib.verify(verifier, items, vc, k_ref, reference=True, n=1)
+  labels = [verify_lib._labels(row[0][1], len(it.steps)) for it, row in zip(items, ref)]
+  table["reference_guided"] = quality(items, [s for s, _ in labels], [f for _, f in labels])
+  variants["reference_guided"] = [r for r in (verify_lib.record(it, "reference_guided", s, f, row[0][0]) for
+                                              it, (s, f), row in zip(items, labels, ref)) if r is not None]
+  # Solutions whose labels could not be formed (no parseable vote / merged output) are counted, not hidden.
+  table["records"] = {k: len(v) for k, v in variants.items()}
+  table["left_out"] = {k: len(items) - len(v) for k, v in variants.items()}
+  paths = verify_lib.write_variants(out_dir, variants) if distributed.is_main() else {
+      v: out_dir / f"{v}.jsonl" for v in variants}
+  if distributed.is_main():
+    done.write_text(json.dumps(table, indent=2))
+  distributed.barrier("stage1")
+  return paths, table
+
+
+# ---- stage II ----------------------------------------------------------------------------------------------------
+
+
+def heldout(config, generator, key) -> list[verify_lib.Item]:
+  """The held-out world ProcessBench: generator solutions to unseen problems with exact first-error labels."""
+  c = config.stage2
+  world = arith.WorldConfig(**config.world)
+  problems = [arith.problem_at(config.data.heldout_seed, i, world) for i in range(c.heldout_problems)]
+  items, owner, _ = solutions(generator, problems, c.heldout_m, config.stage1.generate, key, "h")
+  if c.heldout_balance:
+    items = verify_lib.balance(items, owner, c.heldout_balance, np.random.default_rng(config.seed + 7))
+  return items
+
+
+def score_prm(params, cfg, tokenizer, fmt: str, items, max_new_tokens: int, batch: int) -> tuple[dict, list]:
+  """ProcessBench metric of a trained PRM on the held-out items (and outcome F1 from its final verdicts)."""
+  records = [dict(id=it.id, problem=it.problem, steps=list(it.steps), answer=it.answer) for it in items]
+  preds, finals = prm_lib.predict(params, cfg, tokenizer, fmt, records, max_new_tokens=max_new_tokens, batch=batch)
+  labels = [gold_first_error(it) for it in items]
+  res = processbench.score(labels, preds) if fmt != "orm" else {}
+  res["outcome"] = vd.outcome_f1(finals, [it.gold_final for it in items])
+  return res, preds
+
+
+def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, items, writer) -> dict:
+  """Trains one PRM per (data variant, format) in `stage2.runs` and scores it; results kept per run."""
+  c = config.stage2
+  results_path = workdir / "stage2.json"
+  results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+  for run in c.runs:
+    variant, fmt = run.split(":")
+    if run in results:
+      common.say(f"stage II {run}: done before (ProcessBench F1 {_num(results[run].get('f1'))})")
+      continue
+    if variant not in paths:
+      raise ValueError(f"config stage2.runs names {variant!r}; known data variants: {', '.join(paths)}")
+    records, bad = prm_lib.load_records(paths[variant])
+    if bad:
+      common.say(f"stage II {run}: {len(bad)} records of {paths[variant]} left out: {bad[:2]}")
+    if not records:  # reported in the table; the other runs go on
+      common.say(f"stage II {run}: no usable record in {paths[variant]}; not trained")
+      results[run] = dict(error=f"no usable record in {paths[variant]}", train_records=0, bad_records=len(bad),
+                          outcome=dict(f1=None))
+      continue
+    t0 = time.time()
+    label_ids = prm_lib.label_token_ids(tokenizer) if fmt == "disc" else None
+    examples = (prm_lib.encode_discriminative(tokenizer, records) if fmt == "disc" else
+                prm_lib.encode_examples(tokenizer, records, fmt, "world"))
+    params, history = prm_lib.train_prm(base_params, cfg, examples, fmt, c.optimizer, c.steps, c.batch_size,
+                                        config.seed, writer=writer, label_ids=label_ids)
+    res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens, c.score_batch)
+    res.update(train_records=len(records), bad_records=len(bad), train_seconds=time.time() - t0,
+               final_loss=history[-1]["loss"] if history else None)
+    results[run] = res
+    common.say(f"stage II {run}: ProcessBench F1 {_num(res.get('f1'))} (acc_err {_num(res.get('acc_err'))}, "
+               f"acc_cor {_num(res.get('acc_cor'))}), outcome F1 {_num(res['outcome']['f1'], 3)}; {len(records)} "
+               f"records, {time.time() - t0:.0f}s")
+    if distributed.is_main():
+      results_path.write_text(json.dumps(results, indent=2))
+  return results
+
+
+# ---- the run -----------------------------------------------------------------------------------------------------
+
+
+def _num(x, digits: int = 1) -> str:
+  """A metric for printing; "-" when undefined (e.g. ProcessBench F1 of a set without correct solutions)."""
+  return "-" if x is None else f"{x:.{digits}f}"
+
+
+def table_markdown(quality_table: dict, stage2_results: dict) -> str:
+  lines = ["| verifier labels (Stage I) | step F1 | outcome F1 | ProcessBench F1 | acc_err | acc_cor |",
+           "|---|---|---|---|---|---|"]
+  for k, v in quality_table.items():
+    if isinstance(v, dict) and "step" in v:
+      pb = v["processbench"]
+      lines.append(f"| {k} | {_num(v['step']['f1'], 3)} | {_num(v['outcome']['f1'], 3)} | {_num(pb['f1'])} | "
+                   f"{_num(pb['acc_err'])} | {_num(pb['acc_cor'])} |")
+  lines += ["", "| PRM (Stage II): data variant : format | ProcessBench F1 | acc_err | acc_cor | outcome F1 |",
+            "|---|---|---|---|---|"]
+  for k, v in stage2_results.items():
+    lines.append(f"| {k} | {_num(v.get('f1'))} | {_num(v.get('acc_err'))} | {_num(v.get('acc_cor'))} | "
+                 f"{_num(v['outcome']['f1'], 3)} |")
+  return "\n".join(lines)
+
+
+def run(config, workdir: str) -> dict:
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  world, tokenizer = arith_rl.world_and_tokenizer(config, workdir)
+  encoder = world_data.WorldEncoder(world, tokenizer, "steps")
+  cfg = arith_rl.model_config(config, tokenizer)
+  place = common.Placement(config, cfg)
+  writer = metrics_lib.Writer(workdir / "tensorboard", enabled=distributed.is_main())
+  template, slot, once = encoder.answer_template()
+  eval_batch = place.replicate(world_data.eval_set(encoder, config.data.eval_seed, config.data.eval_size))
+  evaluate = arith_rl.make_evaluator(cfg, encoder, make_suffix_reward(template, slot, once), eval_batch,
+                                     encoder.solution_len)
+  common.say(f"model: {cfg.num_params() / 1e6:.2f}M params")
+
+  gen_params, acc, greedy = arith_rl.sft_phase(config, workdir, cfg, encoder, evaluate, writer, place)
+  common.say(f"generator: held-out accuracy {acc:.3f} (sampled), {greedy:.3f} (greedy)")
+  ver_params = train_verifier(config, workdir, cfg, tokenizer, world, gen_params, writer, place)
+  key = jax.random.key(config.seed + 11)
+  generator = text_model(gen_params, cfg, tokenizer, place, config.stage1.rows)
+  verifier = text_model(ver_params, cfg, tokenizer, place, config.stage1.rows)
+  paths, quality_table = stage1(config, workdir, generator, verifier, jax.random.fold_in(key, 1))
+  items = heldout(config, generator, jax.random.fold_in(key, 2))
+  common.say(f"held-out world ProcessBench: {len(items)} solutions, {sum(not it.gold_final for it in items)} with "
+             "an error")
+  results = stage2(config, workdir, cfg, tokenizer, gen_params, paths, items, writer)
+  writer.close()
+  summary = dict(generator=dict(accuracy=acc, greedy_accuracy=greedy), stage1=quality_table, stage2=results,
+                 heldout=dict(solutions=len(items), with_error=sum(not it.gold_final for it in items)))
+  md = table_markdown(quality_table, results)
+  if distributed.is_main():
+    (workdir / "results.json").write_text(json.dumps(summary, indent=2))
+    (workdir / "results.md").write_text(md + "\n")
+    print(md)
+  return summary

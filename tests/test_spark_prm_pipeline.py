@@ -1,0 +1,62 @@
+"""The `spark_prm` pipeline end to end on its smoke config: every stage's output, resume by skipping finished stages,
+and a Stage-I file with records of the wrong schema (counted and reported; the run goes on)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("step_consistency", "outcome_consistency", "meta_critique_base", "meta_critique_outcome",
+            "reference_guided")
+
+
+def _main(workdir):
+  return subprocess.run([sys.executable, "-m", "sparkjax.main", "--config=configs/spark_prm.py:runlocal",
+                         f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+
+
+def test_stages_files_resume_and_bad_records(tmp_path):
+  r = _main(tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  s1 = results["stage1"]
+  for row in ("single", "step_consensus@1", "step_consensus@2", "outcome_consensus@2", "meta_critique_base",
+              "meta_critique_outcome", "reference_guided"):
+    assert {"step", "outcome", "processbench"} <= set(s1[row]), row
+  assert s1["verifications"] == s1["solutions"] * s1["n_max"]
+  for v in VARIANTS:  # every variant is a file `datasets` reads, and its left-out count is reported
+    path = tmp_path / "stage1" / f"{v}.jsonl"
+    assert path.is_file()
+    assert s1["records"][v] + s1["left_out"][v] == s1["solutions"]
+    if s1["records"][v]:
+      assert datasets.load_dataset("json", data_files=str(path), split="train").num_rows == s1["records"][v]
+  trained = [k for k, v in results["stage2"].items() if "error" not in v]
+  assert trained, results["stage2"]
+  for k in trained:
+    assert results["stage2"][k]["train_records"] > 0 and "outcome" in results["stage2"][k]
+  assert "| PRM (Stage II)" in r.stdout
+
+  # Again: every stage is found and skipped.
+  r2 = _main(tmp_path)
+  assert r2.returncode == 0, r2.stderr[-3000:]
+  assert "stage I: found" in r2.stderr and "done before" in r2.stderr
+
+  # A Stage-I file with records of the wrong schema: counted and named, the good records still train.
+  run = trained[0]
+  variant = run.split(":")[0]
+  path = tmp_path / "stage1" / f"{variant}.jsonl"
+  lines = path.read_text().splitlines()
+  bad = json.loads(lines[0])
+  bad["verdicts"] = "yes"
+  missing = json.loads(lines[0])
+  del missing["steps"]
+  path.write_text("\n".join([json.dumps(bad), json.dumps(missing)] + lines) + "\n")
+  (tmp_path / "stage2.json").unlink()
+  r3 = _main(tmp_path)
+  assert r3.returncode == 0, r3.stderr[-3000:]
+  res = json.loads((tmp_path / "stage2.json").read_text())[run]
+  assert res["bad_records"] == 2 and res["train_records"] == len(lines)
+  assert "2 records of" in r3.stderr and "left out" in r3.stderr
