@@ -1,0 +1,1 @@
+"""Benchmarks that score a model or critic: ProcessBench (first-error identification)."""
