@@ -23,10 +23,13 @@ Error-rate semantics (`eps`, the per-step error rate, 0 <= eps < 0.5):
     makes every step correct with no noise; otherwise the first error is searched with the same noise and, if the
     teacher believes none, the last step is marked incorrect. The final verdict is always exact.
 
-Analyses use world words only (`arith.WORDS` and numbers): a step believed correct, or after the first believed error,
-shows the student's step; the first believed error shows the expected correct step; if that equals the student's step
-(a false alarm) the teacher shows it with its result off by 1-3 (its own slip), kept within the numbers of the prompt
-so every number stays in the world's vocabulary.
+Analyses use world words only (`arith.WORDS` and numbers): up to the first believed error a step's analysis is
+"<student's step> , <the step as the teacher computes it>", so a verdict compares two adjacent spans (an earlier
+format that wrote only one of them taught a small verifier to restate the correct step and call it correct without
+comparing). The computed step is the expected correct step, except where the teacher's judgment slipped: a missed
+error shows the student's step (it agreed), a false alarm the expected step with its result off by 1-3 (its own
+slip), kept within the numbers of the prompt so every number stays in the world's vocabulary. After the first
+believed error, and beyond the problem's steps, an analysis is the student's step alone.
 
 The truth is `arith.process_labels`, which also makes the last step wrong when the answer line contradicts it
 (`arith.first_error`); such solutions are never sampled, but keep eps=0 transcripts exactly equal to the labels.
@@ -106,22 +109,26 @@ def _slip(value: int, hi: int, rng: np.random.Generator) -> int:
 
 def _analyses(problem: arith.Problem, solution: arith.Solution, step_verdicts: Sequence[bool],
               rng: np.random.Generator) -> list[str]:
-  """One analysis per step: the student's step, except the first believed error, which shows the expected step."""
+  """One analysis per step: "<student's step> , <the step as the teacher computes it>" up to the first believed
+  error, so the verdict is a comparison of two adjacent spans; after it (and beyond the problem's steps) the
+  student's step alone. The teacher's computed step is the expected correct step, except where its judgment slipped:
+  a missed error shows the student's step as computed (it agreed with it), a false alarm shows the expected step with
+  its result off by 1-3 (kept within the prompt's numbers, so inside the world's vocabulary)."""
   expected = problem.correct_steps()
-  first = next((i for i, ok in enumerate(step_verdicts) if not ok), -1)
+  first = next((i for i, ok in enumerate(step_verdicts) if not ok), len(step_verdicts))
+  hi = max([problem.start, solution.answer] + [x for _, x in problem.ops] + problem.values()
+           + [n for t in solution.steps for n in (t.lhs, t.rhs, t.result)])
   out = []
   for i, s in enumerate(solution.steps):
-    if i != first or i >= len(expected):
+    if i > first or i >= len(expected):
       out.append(s.text())
       continue
     e = expected[i]
-    if e == s:
-      # A false alarm has nothing to contrast with, so the teacher misremembers the result (its own slip); the
-      # bound keeps the slipped number inside the prompt's numbers and thus the world's vocabulary.
-      hi = max([problem.start, solution.answer] + [x for _, x in problem.ops] + problem.values()
-               + [n for t in solution.steps for n in (t.lhs, t.rhs, t.result)])
+    if i < first and e != s:  # believed correct although wrong: the teacher computed what the student wrote
+      e = s
+    elif i == first and e == s:  # believed wrong although right: the teacher's own arithmetic slip
       e = dataclasses.replace(e, result=_slip(e.result, hi, rng))
-    out.append(e.text())
+    out.append(f"{s.text()} , {e.text()}")
   return out
 
 
@@ -252,7 +259,8 @@ class VerifierEncoder:
     longest = arith.Problem(0, (("+", 0),) * world.max_ops)
     fields = dict(problem=longest.text(), steps=[s.text() for s in longest.correct_steps()], answer=0)
     wrong = [False] * world.max_ops
-    verification = V.render_verification(fields["steps"], wrong, False)
+    # The longest analyses: every step as "<student's step> , <computed step>".
+    verification = V.render_verification([f"{t} , {t}" for t in fields["steps"]], wrong, False)
     critique = V.render_prm(wrong, False)
     context = dict(verify={}, verify_reference=dict(reference=0), critique=dict(verification=verification),
                    merge=dict(verification=verification, critique=critique))
