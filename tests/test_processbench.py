@@ -330,3 +330,17 @@ def test_cli_bad_data_fails_before_loading_the_model(tmp_path):
                      capture_output=True, text=True, cwd=REPO, timeout=120)
   assert r.returncode == 2 and "ProcessBench data directory" in r.stderr and "missing" in r.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_prm_critic_formats_steps_for_the_prm(smollm2_dir):
+  """A PRM-format critic (the steps in the PRM's own input format, verdicts read by the shared parser) runs on real
+  records; an untrained PRM's unreadable output is counted as unparseable, never as a prediction."""
+  from sparkjax.eval.processbench import PRMCritic
+
+  recs, _ = pb.load_subset(DATA, "gsm8k", limit=2)
+  critic = PRMCritic(smollm2_dir, "prm", max_new_tokens=24)
+  preds = critic(recs)
+  assert len(preds) == 2
+  for p, r in zip(preds, recs):
+    assert (p.status == "ok" and -1 <= p.index < len(r.steps)) or (p.status == "unparseable" and p.index is None)
+  assert critic.config["format"] == "prm"

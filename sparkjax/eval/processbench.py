@@ -502,6 +502,35 @@ class GenerativeCritic:
     return out
 
 
+class PRMCritic:
+  """A PRM trained by `sparkjax.spark.prm` (formats "prm", "prm_cot", "orm" or "disc"): the steps go into the
+  PRM's own input format (`spark.prm.build_prompt`, style "llm") and its verdicts give the first-error index
+  (`spark.prm.predict`; an ORM can only say -1 or "the last step")."""
+
+  def __init__(self, model_dir: str | os.PathLike, fmt: str, *, max_new_tokens: int = 512, dtype: str = "float32"):
+    from sparkjax.models import hf, tokenizer as tok_lib
+
+    self.model_dir, self.fmt, self.max_new_tokens, self.dtype = str(model_dir), fmt, max_new_tokens, dtype
+    cfg = hf.load_config(model_dir, param_dtype=dtype, compute_dtype=dtype)
+    self.tokenizer = tok_lib.load_tokenizer(model_dir)
+    self.params, self.cfg = hf.load_params(model_dir, cfg)
+
+  @property
+  def config(self) -> dict:
+    return dict(model=self.model_dir, model_type=self.cfg.model_type, format=self.fmt,
+                max_new_tokens=self.max_new_tokens, dtype=self.dtype, temperature=0.0)
+
+  def __call__(self, records: list[Record]) -> list[Prediction]:
+    from sparkjax.spark import prm
+
+    recs = [dict(id=r.id, problem=r.problem, steps=list(r.steps)) for r in records]  # the answer is in the last step
+    preds, _ = prm.predict(self.params, self.cfg, self.tokenizer, self.fmt, recs, max_new_tokens=self.max_new_tokens,
+                           batch=len(recs), style="llm")
+    return [Prediction(p, status="ok" if p is not None else "unparseable",
+                       reason="" if p is not None else "the PRM's verdicts could not be read for every step")
+            for p in preds]
+
+
 # -------------------------------------------------------------------------------------------------------------- CLI
 def _define_flags() -> None:
   """Defined only when run as a program, so importing this module leaves absl's global flags alone."""
@@ -523,6 +552,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "PRNG seed (matters only with temperature > 0).")
   flags.DEFINE_integer("max_len", None, "Context budget (prompt + critique tokens); default the model's.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
+  flags.DEFINE_enum("format", "critic", ["critic", "prm", "prm_cot", "orm", "disc"], "critic: the official critique "
+                    "prompt (any instruct model); otherwise a PRM trained by sparkjax.spark.prm in that format.")
   flags.mark_flags_as_required(["model", "out"])
 
 
@@ -536,9 +567,12 @@ def main(argv) -> int:
     for subset in FLAGS.subsets:
       load_subset(FLAGS.data, subset, FLAGS.limit, FLAGS.limit_mode)
     t0 = time.time()
-    critic = GenerativeCritic(FLAGS.model, max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
-                              top_p=FLAGS.top_p, top_k=FLAGS.top_k, seed=FLAGS.seed, dtype=FLAGS.dtype,
-                              max_len=FLAGS.max_len)
+    if FLAGS.format == "critic":
+      critic = GenerativeCritic(FLAGS.model, max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
+                                top_p=FLAGS.top_p, top_k=FLAGS.top_k, seed=FLAGS.seed, dtype=FLAGS.dtype,
+                                max_len=FLAGS.max_len)
+    else:
+      critic = PRMCritic(FLAGS.model, FLAGS.format, max_new_tokens=FLAGS.max_new_tokens, dtype=FLAGS.dtype)
     print(f"loaded {critic.cfg.model_type} ({critic.cfg.num_params() / 1e6:.1f}M params) in {time.time() - t0:.1f}s",
           file=sys.stderr)
     results = evaluate(FLAGS.data, FLAGS.subsets, critic, FLAGS.out, limit=FLAGS.limit, limit_mode=FLAGS.limit_mode,
