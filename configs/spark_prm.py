@@ -44,7 +44,8 @@ def get_config(arg=None):
   c.stage1.balance_per_side = 0  # > 0: keep at most this many correct and incorrect solutions per problem (uses labels)
   c.stage1.rows = 512  # rows (prompts x samples) per sampler call
   c.stage1.generate = ml_collections.ConfigDict(dict(temperature=1.0, top_p=1.0, max_new_tokens=48))
-  c.stage1.verify = ml_collections.ConfigDict(dict(temperature=0.8, top_p=0.95, max_new_tokens=72))  # the paper's
+  # The paper's T and top_p; max_new_tokens 0 = the longest verification the world's format can produce.
+  c.stage1.verify = ml_collections.ConfigDict(dict(temperature=0.8, top_p=0.95, max_new_tokens=0))
   c.stage1.consensus = ml_collections.ConfigDict(dict(tie="incorrect", mismatch="drop", propagate=True))
 
   # 4. Stage II: "variant:format" runs; formats orm, prm, prm_cot, disc.
@@ -55,7 +56,7 @@ def get_config(arg=None):
   c.stage2.steps = 200
   c.stage2.batch_size = 32
   c.stage2.optimizer = optimizer_config(2e-3, 200, warmup_steps=20, schedule="cosine")
-  c.stage2.max_new_tokens = 72
+  c.stage2.max_new_tokens = 0  # 0 = the longest verification (PRM-CoT writes one)
   c.stage2.score_batch = 256
   c.stage2.heldout_problems = 200
   c.stage2.heldout_m = 2

@@ -117,8 +117,9 @@ def quality(items, steps_list, finals) -> dict:
               processbench=pb)
 
 
-def stage1(config, workdir: Path, generator, verifier, key) -> tuple[dict, dict]:
-  """Stage I on unlabelled problems -> (dataset paths by variant, verifier quality table)."""
+def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> tuple[dict, dict]:
+  """Stage I on unlabelled problems -> (dataset paths by variant, verifier quality table). `target_len`: the longest
+  verification (tokens, eos included), the generation budget when `stage1.verify.max_new_tokens` is 0."""
   c, vc_cfg = config.stage1, config.stage1.verify
   out_dir = workdir / "stage1"
   done = out_dir / "quality.json"
@@ -137,7 +138,7 @@ def stage1(config, workdir: Path, generator, verifier, key) -> tuple[dict, dict]
   common.say(f"stage I: {len(items)} solutions to verify ({unreadable} generated solutions unreadable, "
              f"{sum(not it.gold_final for it in items)} with an error)")
   vc = verify_lib.VerifyConfig(n=max(c.n_list), temperature=vc_cfg.temperature, top_p=vc_cfg.top_p,
-                               max_new_tokens=vc_cfg.max_new_tokens, style="world",
+                               max_new_tokens=vc_cfg.max_new_tokens or target_len, style="world",
                                consensus=vd.ConsensusConfig(**c.consensus))
   t0 = time.time()
   samples = verify_lib.verify(verifier, items, vc, k_ver)
@@ -207,7 +208,7 @@ def score_prm(params, cfg, tokenizer, fmt: str, items, max_new_tokens: int, batc
   return res, preds
 
 
-def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, items, writer) -> dict:
+def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, items, writer, target_len: int) -> dict:
   """Trains one PRM per (data variant, format) in `stage2.runs` and scores it; results kept per run."""
   c = config.stage2
   results_path = workdir / "stage2.json"
@@ -233,7 +234,7 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
                 prm_lib.encode_examples(tokenizer, records, fmt, "world"))
     params, history = prm_lib.train_prm(base_params, cfg, examples, fmt, c.optimizer, c.steps, c.batch_size,
                                         config.seed, writer=writer, label_ids=label_ids)
-    res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens, c.score_batch)
+    res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)
     res.update(train_records=len(records), bad_records=len(bad), train_seconds=time.time() - t0,
                final_loss=history[-1]["loss"] if history else None)
     results[run] = res
@@ -289,11 +290,12 @@ def run(config, workdir: str) -> dict:
   key = jax.random.key(config.seed + 11)
   generator = text_model(gen_params, cfg, tokenizer, place, config.stage1.rows)
   verifier = text_model(ver_params, cfg, tokenizer, place, config.stage1.rows)
-  paths, quality_table = stage1(config, workdir, generator, verifier, jax.random.fold_in(key, 1))
+  target_len = wv.VerifierEncoder(world, tokenizer).target_len
+  paths, quality_table = stage1(config, workdir, generator, verifier, jax.random.fold_in(key, 1), target_len)
   items = heldout(config, generator, jax.random.fold_in(key, 2))
   common.say(f"held-out world ProcessBench: {len(items)} solutions, {sum(not it.gold_final for it in items)} with "
              "an error")
-  results = stage2(config, workdir, cfg, tokenizer, gen_params, paths, items, writer)
+  results = stage2(config, workdir, cfg, tokenizer, gen_params, paths, items, writer, target_len)
   writer.close()
   summary = dict(generator=dict(accuracy=acc, greedy_accuracy=greedy), stage1=quality_table, stage2=results,
                  heldout=dict(solutions=len(items), with_error=sum(not it.gold_final for it in items)))
