@@ -48,11 +48,12 @@ def get_config(arg=None):
   c.stage1.verify = ml_collections.ConfigDict(dict(temperature=0.8, top_p=0.95, max_new_tokens=0))
   c.stage1.consensus = ml_collections.ConfigDict(dict(tie="incorrect", mismatch="drop", propagate=True))
 
-  # 4. Stage II: "variant:format" runs; formats orm, prm, prm_cot, disc.
+  # 4. Stage II: "variant:format" runs; formats orm, prm, prm_cot, disc. "gold" (the world's exact labels on the
+  #    step-consistency solutions) is not a SPARK variant: it is the upper bound the variants are measured against.
   c.stage2 = ml_collections.ConfigDict()
   c.stage2.runs = ["step_consistency:prm", "outcome_consistency:prm", "meta_critique_base:prm",
                    "meta_critique_outcome:prm", "reference_guided:prm", "step_consistency:prm_cot",
-                   "step_consistency:orm", "step_consistency:disc"]
+                   "step_consistency:orm", "step_consistency:disc", "gold:prm"]
   c.stage2.steps = 200
   c.stage2.batch_size = 32
   c.stage2.optimizer = optimizer_config(2e-3, 200, warmup_steps=20, schedule="cosine")

@@ -215,17 +215,22 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
   results = json.loads(results_path.read_text()) if results_path.is_file() else {}
   for run in c.runs:
     variant, fmt = run.split(":")
+    # "gold": the step-consistency records relabelled with the world's exact labels, the upper bound of Stage II.
+    source = "step_consistency" if variant == "gold" else variant
     if run in results:
       common.say(f"stage II {run}: done before (ProcessBench F1 {_num(results[run].get('f1'))})")
       continue
-    if variant not in paths:
-      raise ValueError(f"config stage2.runs names {variant!r}; known data variants: {', '.join(paths)}")
-    records, bad = prm_lib.load_records(paths[variant])
+    if source not in paths:
+      raise ValueError(f"config stage2.runs names {variant!r}; known data variants: {', '.join(paths)}, gold")
+    records, bad = prm_lib.load_records(paths[source])
+    if variant == "gold":
+      records = [dict(r, verdicts=r["gold_verdicts"], final=r["gold_final"], variant="gold") for r in records
+                 if "gold_verdicts" in r]
     if bad:
-      common.say(f"stage II {run}: {len(bad)} records of {paths[variant]} left out: {bad[:2]}")
+      common.say(f"stage II {run}: {len(bad)} records of {paths[source]} left out: {bad[:2]}")
     if not records:  # reported in the table; the other runs go on
-      common.say(f"stage II {run}: no usable record in {paths[variant]}; not trained")
-      results[run] = dict(error=f"no usable record in {paths[variant]}", train_records=0, bad_records=len(bad),
+      common.say(f"stage II {run}: no usable record in {paths[source]}; not trained")
+      results[run] = dict(error=f"no usable record in {paths[source]}", train_records=0, bad_records=len(bad),
                           outcome=dict(f1=None))
       continue
     t0 = time.time()
