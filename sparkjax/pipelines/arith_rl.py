@@ -101,12 +101,9 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
     raise ValueError(f"config rl.batch_size={c.batch_size} (rollouts per iteration) is not a multiple of "
                      f"rl.group_size={c.group_size}")
   tx, schedule = state_lib.make_optimizer(c.optimizer)
-  settings = rl_iteration.GRPOSettings(
-      sampling=sampling.SamplingParams(max_new_tokens=encoder.solution_len, temperature=c.temperature,
-                                       top_p=c.top_p, num_samples=c.group_size, stop_tokens=(encoder.eos,),
-                                       pad_id=encoder.pad),
-      advantage=c.advantage, policy_loss=c.policy_loss, eps_low=c.eps_low, eps_high=c.eps_high,
-      dual_clip=c.dual_clip, aggregation=c.aggregation, kl=c.kl, kl_coef=c.kl_coef, mu=c.mu)
+  settings = rl_iteration.GRPOSettings.from_config(c, sampling.SamplingParams(
+      max_new_tokens=encoder.solution_len, temperature=c.temperature, top_p=c.top_p, num_samples=c.group_size,
+      stop_tokens=(encoder.eos,), pad_id=encoder.pad))
   ckpt = Checkpointer(workdir / "checkpoints" / "rl", max_to_keep=config.checkpoint.keep)
   data = world_data.world_dataset(encoder, config.data.rl_seed, c.batch_size // c.group_size, "rl", jax.process_index(),
                                   jax.process_count())
@@ -127,11 +124,7 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
                                   state_sharding=place.state(tx))
   else:
     raise ValueError(f"config rl.reward={c.reward!r}: expected 'device' or 'host'")
-  def throughput(m):
-    dt = max(m["iteration_seconds"], 1e-9)
-    return dict(samples_per_second=c.batch_size / dt, tokens_per_second=m["generated_tokens"] / dt)
-
-  loop = metrics_lib.MetricsLoop(writer, "rl/", derive=throughput)
+  loop = metrics_lib.MetricsLoop(writer, "rl/", derive=common.rl_throughput(c.batch_size))
   start = int(state.step) // c.mu
   bar = tqdm(range(start, c.iterations), initial=start, total=c.iterations, desc="grpo", file=sys.stderr,
              disable=jax.process_index() != 0 or start >= c.iterations)

@@ -61,6 +61,15 @@ def data_state(it) -> dict:
   return json.loads(json.dumps(it.get_state()))
 
 
+def rl_throughput(rollouts_per_iteration: int):
+  """`MetricsLoop` derive function of the GRPO loops: samples/s and generated tokens/s of an iteration."""
+  def derive(m):
+    dt = max(m["iteration_seconds"], 1e-9)
+    return dict(samples_per_second=rollouts_per_iteration / dt, tokens_per_second=m["generated_tokens"] / dt)
+
+  return derive
+
+
 def train_loop(name: str, state, step_fn, it, steps: int, ckpt, writer, place: Placement, every: int, what: str):
   """Runs `step_fn(state, batch)` from state.step to `steps` on batches from `it`, with a progress bar (loss and
   token accuracy), metrics under `name/` (one step late, NaN-checked) and a checkpoint (state + iterator) every

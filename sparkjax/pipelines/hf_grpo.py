@@ -104,13 +104,6 @@ def make_evaluator(cfg, place: common.Placement, tokenizer, records, prompts, P:
   return evaluate
 
 
-def settings_from(c, sp: sampling.SamplingParams) -> rl_iteration.GRPOSettings:
-  return rl_iteration.GRPOSettings(
-      sampling=sp, advantage=c.advantage, policy_loss=c.policy_loss, eps_low=c.eps_low, eps_high=c.eps_high,
-      dual_clip=c.dual_clip, aggregation=c.aggregation, kl=c.kl, kl_coef=c.kl_coef, mu=c.mu,
-      num_microbatches=c.get("num_microbatches", 1), logprob_chunk=c.get("logprob_chunk", 0))
-
-
 def run(config, workdir: str) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -161,15 +154,11 @@ def run(config, workdir: str) -> dict:
     common.say(f"rl: resumed from iteration {int(state.step) // c.mu}")
   sp = sampling.SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
                                num_samples=c.group_size, stop_tokens=stop, pad_id=pad)
-  settings = settings_from(c, sp)
+  settings = rl_iteration.GRPOSettings.from_config(c, sp)
   decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
   iterate = HostRewardIteration(cfg, settings, tx, schedule, decode, golds, "math_verify",
                                 workers=config.get("grader_workers", 2), state_sharding=state_sh)
   writer = metrics_lib.Writer(workdir / "tensorboard", enabled=distributed.is_main())
-
-  def throughput(m):
-    dt = max(m["iteration_seconds"], 1e-9)
-    return dict(samples_per_second=c.batch_size / dt, tokens_per_second=m["generated_tokens"] / dt)
 
   def run_eval(i, params):
     acc, texts = evaluate(params)
@@ -181,7 +170,7 @@ def run(config, workdir: str) -> dict:
   start = int(state.step) // c.mu
   if evaluate is not None and start == 0 and "0" not in history:
     run_eval(0, state.params)
-  loop = metrics_lib.MetricsLoop(writer, "rl/", derive=throughput)
+  loop = metrics_lib.MetricsLoop(writer, "rl/", derive=common.rl_throughput(c.batch_size))
   bar = tqdm(range(start, c.iterations), initial=start, total=c.iterations, desc="grpo", file=sys.stderr,
              disable=jax.process_index() != 0 or start >= c.iterations)
   t_last = time.time()

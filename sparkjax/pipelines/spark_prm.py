@@ -91,16 +91,10 @@ def solutions(generator: verify_lib.TextModel, problems: list[arith.Problem], m:
   return items, owner, unreadable
 
 
-def first_errors(steps_list, finals, items) -> list[int | None]:
+def first_errors(steps_list, items) -> list[int | None]:
   """ProcessBench predictions from per-item step verdicts: first incorrect step, -1 if none, None if unread."""
-  out = []
-  for s, f, it in zip(steps_list, finals, items):
-    if s is None or len(s) != len(it.steps):
-      out.append(None)
-    else:
-      k = next((i for i, ok in enumerate(s) if not ok), -1)
-      out.append(k)
-  return out
+  return [None if s is None or len(s) != len(it.steps) else next((i for i, ok in enumerate(s) if not ok), -1)
+          for s, it in zip(steps_list, items)]
 
 
 def gold_first_error(it: verify_lib.Item) -> int:
@@ -112,7 +106,7 @@ def quality(items, steps_list, finals) -> dict:
   answer) and the ProcessBench first-error F1."""
   steps_list = [vd.propagate(s) if s is not None else None for s in steps_list]
   gold_steps = [list(it.gold_verdicts) for it in items]
-  pb = processbench.score([gold_first_error(it) for it in items], first_errors(steps_list, finals, items))
+  pb = processbench.score([gold_first_error(it) for it in items], first_errors(steps_list, items))
   return dict(step=vd.step_f1(steps_list, gold_steps), outcome=vd.outcome_f1(finals, [it.gold_final for it in items]),
               processbench=pb)
 
@@ -147,14 +141,14 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
                verify_seconds=time.time() - t0, verifications=rows,
                unparseable=sum(not v.ok for row in samples for _, v in row))
   # Single verification: the first sample of each item.
-  single = [verify_lib._labels(row[0][1], len(it.steps)) for it, row in zip(items, samples)]
+  single = [verify_lib.labels(row[0][1], len(it.steps)) for it, row in zip(items, samples)]
   table["single"] = quality(items, [s for s, _ in single], [f for _, f in single])
   # Self-consistency with the first n samples.
   for n in c.n_list:
     cons = verify_lib.consistency_records(items, samples, vc.consensus, n)
     table[f"step_consensus@{n}"] = quality(items, [s.steps for s in cons["_step"]], [s.final for s in cons["_step"]])
     table[f"outcome_consensus@{n}"] = quality(
-        items, [verify_lib._labels(samples[i][o.chosen][1], len(it.steps))[0] if o.chosen is not None else None
+        items, [verify_lib.labels(samples[i][o.chosen][1], len(it.steps))[0] if o.chosen is not None else None
                 for i, (it, o) in enumerate(zip(items, cons["_outcome"]))], [o.final for o in cons["_outcome"]])
   variants = {k: v for k, v in cons.items() if not k.startswith("_")}
   # Meta-critique of a single verification, and of the outcome-consensus verification.
@@ -163,13 +157,13 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
   outcome_texts = [samples[i][o.chosen][0] if o.chosen is not None else samples[i][0][0] for i, o in enumerate(oc)]
   for name, texts, k in (("meta_critique_base", base_texts, k_mc1), ("meta_critique_outcome", outcome_texts, k_mc2)):
     merged = verify_lib.meta_critique(verifier, items, texts, vc, k)
-    labels = [verify_lib._labels(v, len(it.steps)) for it, (_, v, _) in zip(items, merged)]
+    labels = [verify_lib.labels(v, len(it.steps)) for it, (_, v, _) in zip(items, merged)]
     table[name] = quality(items, [s for s, _ in labels], [f for _, f in labels])
     variants[name] = [r for r in (verify_lib.record(it, name, s, f, m) for it, (s, f), (m, _, _) in
                                   zip(items, labels, merged)) if r is not None]
   # Reference-guided baseline: one verification whose prompt holds the expected answer.
   ref = verify_lib.verify(verifier, items, vc, k_ref, reference=True, n=1)
-  labels = [verify_lib._labels(row[0][1], len(it.steps)) for it, row in zip(items, ref)]
+  labels = [verify_lib.labels(row[0][1], len(it.steps)) for it, row in zip(items, ref)]
   table["reference_guided"] = quality(items, [s for s, _ in labels], [f for _, f in labels])
   variants["reference_guided"] = [r for r in (verify_lib.record(it, "reference_guided", s, f, row[0][0]) for
                                               it, (s, f), row in zip(items, labels, ref)) if r is not None]

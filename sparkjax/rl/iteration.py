@@ -47,6 +47,14 @@ class GRPOSettings:
   # the gradient, remade) one block at a time instead of [rows, T, V] at once. 0 = all T positions in one block.
   logprob_chunk: int = 0
 
+  @classmethod
+  def from_config(cls, c, sp: sampling.SamplingParams) -> "GRPOSettings":
+    """From a config's `rl` block (the fields of `config_args.grpo_loss_fields`, optionally num_microbatches and
+    logprob_chunk) and the rollout's sampling settings."""
+    return cls(sampling=sp, advantage=c.advantage, policy_loss=c.policy_loss, eps_low=c.eps_low,
+               eps_high=c.eps_high, dual_clip=c.dual_clip, aggregation=c.aggregation, kl=c.kl, kl_coef=c.kl_coef,
+               mu=c.mu, num_microbatches=c.get("num_microbatches", 1), logprob_chunk=c.get("logprob_chunk", 0))
+
   @property
   def group_size(self) -> int:
     return self.sampling.num_samples

@@ -139,7 +139,7 @@ def meta_critique(model: TextModel, items: Sequence[Item], verifications: Sequen
   return [(m, vd.parse_verification(m, len(it.steps)), c) for it, m, c in zip(items, merged, critiques)]
 
 
-def _labels(v: vd.Verification, num_steps: int) -> tuple[list[bool] | None, bool | None]:
+def labels(v: vd.Verification, num_steps: int) -> tuple[list[bool] | None, bool | None]:
   """Training labels from one parsed verification: propagated step verdicts (None unless exactly num_steps)."""
   steps = vd.propagate(v.steps) if v.steps is not None and len(v.steps) == num_steps else None
   return steps, v.final
@@ -173,7 +173,7 @@ def consistency_records(items: Sequence[Item], samples: Sequence[Sequence[tuple[
       out["step_consistency"].append(record(it, "step_consistency", sc.steps, sc.final, row[sc.chosen][0],
                                             sc.votes, sc.unparseable))
     if oc.chosen is not None:
-      steps, _ = _labels(vs[oc.chosen], len(it.steps))
+      steps, _ = labels(vs[oc.chosen], len(it.steps))
       out["outcome_consistency"].append(record(it, "outcome_consistency", steps, oc.final, row[oc.chosen][0],
                                                oc.votes, oc.unparseable))
   for k in ("step_consistency", "outcome_consistency"):
