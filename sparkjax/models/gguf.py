@@ -125,6 +125,8 @@ def llama3_rope_scaling(
 
 
 def _open(path: Path) -> gguf.GGUFReader:
+  if path.is_dir():
+    raise IsADirectoryError(f"{path} is a directory; expected a GGUF file (.gguf)")
   if not path.is_file():
     raise FileNotFoundError(f"GGUF file not found: {path}")
   try:
@@ -350,23 +352,38 @@ class Converted:
   num_params: int
 
 
+# The list of files a conversion wrote, kept in the output directory: an overwrite removes only these.
+MANIFEST = ".sparkjax-convert.json"
+
+
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Converted:
   """Convert a Llama-family GGUF file into a Hugging Face model directory.
 
   Writes `config.json`, `generation_config.json`, `model.safetensors` (float32, HF layout as in `read_gguf`) and
-  the tokenizer files (with the chat template) into a temporary sibling of `out_dir`, then moves it into place,
-  so a failure never leaves a half-written `out_dir`.
+  the tokenizer files (with the chat template) into a temporary sibling of `out_dir`, then moves them into place,
+  so a failure never leaves a half-written `out_dir`. The names of the files written are kept in `out_dir/MANIFEST`.
+
+  With `overwrite`, the files an earlier conversion wrote into `out_dir` (its manifest) are replaced; every other
+  file there is left alone, and one that the new files would replace or that a loader would mistake for weights
+  is an error: the converter only ever removes what it wrote.
 
   Raises:
-    FileExistsError: `out_dir` exists and is not an empty directory, and `overwrite` is False.
-    FileNotFoundError, ValueError: as `read_gguf`; ValueError also for a tokenizer we cannot rebuild
-      (`build_tokenizer`).
+    FileExistsError: `out_dir` is not empty and `overwrite` is False, or holds files of its own that clash.
+    NotADirectoryError: `out_dir` or one of its parents is a file.
+    FileNotFoundError, IsADirectoryError, ValueError: as `read_gguf`; ValueError also for a tokenizer we cannot
+      rebuild (`build_tokenizer`).
   """
   from safetensors.numpy import save_file
 
   gguf_path, out_dir = Path(gguf_path), Path(out_dir).absolute()
-  if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-    raise FileExistsError(f"{out_dir} already exists and is not empty (overwrite=True / --overwrite replaces it)")
+  for parent in [out_dir, *out_dir.parents]:
+    if parent.exists():
+      if not parent.is_dir():
+        raise NotADirectoryError(f"output directory {out_dir}: {parent} is a file")
+      break
+  if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+    raise FileExistsError(f"{out_dir} already exists and is not empty (--overwrite / overwrite=True replaces the "
+                          "files an earlier conversion wrote there and leaves every other file alone)")
   config, state_dict, meta = read_gguf(gguf_path)
 
   out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -380,20 +397,44 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, overw
     os.chmod(tmp / "model.safetensors", (tmp / "config.json").stat().st_mode)  # safetensors writes it 0600
     _save_tokenizer(gguf_path, meta, tmp)
     files = sorted(p.name for p in tmp.iterdir())
-    if out_dir.exists():  # only reachable when empty or overwrite=True; move it aside so we can restore it
-      old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-      os.replace(out_dir, old)
-      try:
-        os.replace(tmp, out_dir)
-      except BaseException:
-        os.replace(old, out_dir)
-        raise
-      if old.is_dir():
-        shutil.rmtree(old)
-      else:
-        old.unlink()
+    (tmp / MANIFEST).write_text(json.dumps(dict(source=str(gguf_path), files=files), indent=2) + "\n")
+    if out_dir.exists():
+      _replace_own_files(tmp, out_dir, files)
     else:
       os.replace(tmp, out_dir)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return Converted(out_dir, files, len(state_dict), sum(a.size for a in state_dict.values()))
+
+
+def _replace_own_files(tmp: Path, out_dir: Path, files: list[str]):
+  """Moves `files` (+ the manifest) from `tmp` into the existing `out_dir`, removing only what the earlier
+  conversion's manifest lists; the old files are put back if any move fails."""
+  try:
+    ours = set(json.loads((out_dir / MANIFEST).read_text())["files"]) if (out_dir / MANIFEST).is_file() else set()
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise ValueError(f"{out_dir / MANIFEST}: unreadable ({e}); remove it, or convert into another directory") from None
+  theirs = [p.name for p in out_dir.iterdir() if p.name not in ours and p.name != MANIFEST]
+  clash = sorted(n for n in theirs if n in files or n.endswith(".safetensors") or n == "model.safetensors.index.json")
+  if clash:
+    raise FileExistsError(f"{out_dir} holds {', '.join(clash)}, which no conversion wrote there; the converter only "
+                          "replaces its own files: move them away or choose another --out")
+  backup = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+  backup.mkdir()
+  moved_old, moved_new = [], []
+  try:
+    for name in sorted(ours | {MANIFEST}):
+      if (out_dir / name).exists():
+        os.replace(out_dir / name, backup / name)
+        moved_old.append(name)
+    for name in files + [MANIFEST]:
+      os.replace(tmp / name, out_dir / name)
+      moved_new.append(name)
+  except BaseException:
+    for name in moved_new:
+      (out_dir / name).unlink(missing_ok=True)
+    for name in moved_old:
+      os.replace(backup / name, out_dir / name)
+    raise
+  finally:
+    shutil.rmtree(backup, ignore_errors=True)
