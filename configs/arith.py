@@ -53,11 +53,14 @@ def get_config(arg=None):
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3))
 
   if arg.runlocal:
-    c.model.update(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1)
+    # Two-operation problems and 100 SFT steps: the least that gives a policy which sometimes earns the reward, so
+    # the smoke run shows non-zero rewards and a moving KL (tests that need no learning shrink sft.steps further).
+    c.world.update(max_ops=2)
+    c.model.update(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1)
     c.data.eval_size = 16
-    c.sft.steps = 6
-    c.sft.batch_size = 8
-    c.sft.optimizer.total_steps = 6
+    c.sft.steps = 100
+    c.sft.batch_size = 32
+    c.sft.optimizer.total_steps = 100
     c.rl.iterations = 4
     c.rl.batch_size = 32  # 8 prompts: divides over up to 8 data-parallel devices
     c.rl.group_size = 4

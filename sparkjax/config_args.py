@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import ml_collections
 from absl import flags
@@ -36,7 +37,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       else:
         out[key] = type(default)(value)
     except ValueError:
-      raise ValueError(f"config argument {key}={value!r}: expected a {type(default).__name__}") from None
+      kind = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(type(default).__name__,
+                                                                                      type(default).__name__)
+      raise ValueError(f"config argument {key}={value!r}: expected {kind}") from None
   return out
 
 
@@ -60,12 +63,36 @@ def grpo_loss_fields(**overrides) -> dict:
   return fields | overrides
 
 
+def _config_spec(argv: list[str]) -> str:
+  """The raw value of --config in `argv` ('' if absent)."""
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return ""
+
+
+def _exit(msg: str):
+  print(msg, file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing that turns a misspelt `--config.x.y` override into a one-line error naming the key."""
+  """absl flag parsing that turns every user error in the flags into one line and exit code 2: a missing config
+  file, an unknown or mistyped config argument (`file.py:arg`), a misspelt `--config.x.y` override."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS:
+      # A config file that failed to load stands in as an object that raises on use: fail here, not mid-run.
+      getattr(flags.FLAGS.config, "pipeline", None)
+    return rest
   except flags.Error as e:
-    sys.exit(f"FATAL flags error: {e}")
+    lines = [l for l in str(e).strip().splitlines() if l.strip()]
+    if "Error whilst parsing config file" in str(e) and lines:
+      # get_config raised (e.g. an unknown `file.py:arg`): its own message is the last line of the traceback.
+      _exit(f"FATAL config error: --config={_config_spec(argv)}: {lines[-1].split(': ', 1)[-1]}")
+    _exit(f"FATAL flags error: {' '.join(str(e).split())}")
   except (AttributeError, KeyError) as e:
     msg = str(e)
     found = re.search(r"'([A-Za-z_][\w]*)", msg)
@@ -73,8 +100,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     hint = re.search(r'Did you mean "[^"]+" instead of "[^"]+"\?', msg)
     bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     culprit = next((b for b in bad if b.rsplit(".", 1)[-1] == key or f".{key}." in b + "."), ", ".join(bad))
-    sys.exit(f"FATAL config error: {culprit} names no field of the config (unknown key {key!r})"
-             + (f". {hint.group(0)}" if hint else ""))
+    _exit(f"FATAL config error: {culprit} names no field of the config (unknown key {key!r})"
+          + (f". {hint.group(0)}" if hint else ""))
+  except (ValueError, OSError) as e:
+    spec = _config_spec(argv)
+    path = spec.split(":", 1)[0]
+    if path and Path(path).is_dir():
+      _exit(f"FATAL config error: --config={spec}: {path!r} is a directory; expected a config file (configs/*.py)")
+    if path and not Path(path).is_file():
+      _exit(f"FATAL config error: --config={spec}: config file {path!r} does not exist")
+    cause = e.__cause__ if isinstance(e, OSError) and e.__cause__ is not None else e
+    _exit(f"FATAL config error: --config={spec}: {' '.join(str(cause).split())}")
 
 
 QWEN_MATH_INSTRUCTION = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."

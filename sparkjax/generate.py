@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from sparkjax import cli  # first: it quiets libraries before they are imported
+
 import sys
 import time
 
@@ -24,31 +26,32 @@ flags.mark_flags_as_required(["model", "prompt"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
+def main(argv) -> int:
   del argv
+  cli.quiet_logs()
+  return cli.run("generate", generate)
+
+
+def generate():
   import jax
 
   from sparkjax import sampling
   from sparkjax.models import hf, tokenizer as tok_lib
 
-  try:
-    sp = sampling.SamplingParams(max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
-                                 top_p=FLAGS.top_p, top_k=FLAGS.top_k, num_samples=FLAGS.num_samples)
-    cfg = hf.load_config(FLAGS.model, param_dtype=FLAGS.dtype, compute_dtype=FLAGS.dtype)
-    tokenizer = tok_lib.load_tokenizer(FLAGS.model)
-    prompts = [tok_lib.encode_prompt(tokenizer, p, FLAGS.chat) for p in FLAGS.prompt]
-    t0 = time.time()
-    params, cfg = hf.load_params(FLAGS.model, cfg)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    sp = sampling.SamplingParams(**{**sp.__dict__, "stop_tokens": tok_lib.stop_tokens(tokenizer, FLAGS.model),
-                                    "pad_id": pad})
-    print(f"loaded {cfg.model_type} ({cfg.num_params() / 1e6:.1f}M params) in {time.time() - t0:.1f}s",
-          file=sys.stderr)
-    t0 = time.time()
-    results = sampling.generate(params, cfg, prompts, jax.random.key(FLAGS.seed), sp)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  sp = sampling.SamplingParams(max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
+                               top_p=FLAGS.top_p, top_k=FLAGS.top_k, num_samples=FLAGS.num_samples)
+  cfg = hf.load_config(FLAGS.model, param_dtype=FLAGS.dtype, compute_dtype=FLAGS.dtype)
+  tokenizer = tok_lib.load_tokenizer(FLAGS.model)
+  prompts = [tok_lib.encode_prompt(tokenizer, p, FLAGS.chat) for p in FLAGS.prompt]
+  t0 = time.time()
+  params, cfg = hf.load_params(FLAGS.model, cfg)
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+  sp = sampling.SamplingParams(**{**sp.__dict__, "stop_tokens": tok_lib.stop_tokens(tokenizer, FLAGS.model),
+                                  "pad_id": pad})
+  print(f"loaded {cfg.model_type} ({cfg.num_params() / 1e6:.1f}M params) in {time.time() - t0:.1f}s",
+        file=sys.stderr)
+  t0 = time.time()
+  results = sampling.generate(params, cfg, prompts, jax.random.key(FLAGS.seed), sp)
   n_tokens = sum(len(r["tokens"]) for rows in results for r in rows)
   print(f"generated {n_tokens} tokens in {time.time() - t0:.1f}s (including compilation)", file=sys.stderr)
   for text, rows in zip(FLAGS.prompt, results):

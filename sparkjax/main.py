@@ -1,19 +1,21 @@
 """Entry point: `python -m sparkjax.main --config=configs/X.py[:args] [--config.a.b=v ...] --workdir=DIR`.
 
-It only wires a config to its pipeline; each pipeline module reads top to bottom.
+It only wires a config to its pipeline: the config is checked first (every field the pipeline declares in its
+`check_config`, before any work), the workdir must be a writable directory, then the pipeline runs top to bottom.
+User errors end with one line and exit code 2 (`sparkjax.cli`).
 """
 
 from __future__ import annotations
 
+from sparkjax import cli  # first: it quiets libraries before they are imported
+
 import importlib
-import os
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from sparkjax import distributed
 from sparkjax.config_args import parse_flags
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "arith.py")
@@ -26,25 +28,33 @@ flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and log
 flags.mark_flags_as_required(["workdir"])
 
 
-def main(argv):
-  del argv
-  config = flags.FLAGS.config
-  logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, jax backends) hides the progress bars
-  if config.pipeline not in PIPELINES:
-    sys.exit(f"config field pipeline={config.pipeline!r} is not known; known: {', '.join(PIPELINES)}")
-  if "://" in flags.FLAGS.workdir:
+def check_workdir(workdir: str) -> Path:
+  if "://" in workdir:
     # pathlib would turn gs://b/x into a local directory gs:/b/x and lose the run's outputs on the VM's disk.
-    sys.exit(f"error: --workdir={flags.FLAGS.workdir}: remote (gs://) workdirs are not supported yet; give a local "
-             "path or a mounted bucket (gcsfuse), see launch_tpu/README.md")
-  try:
-    distributed.initialize_from_env()
-    importlib.import_module(PIPELINES[config.pipeline]).run(config, flags.FLAGS.workdir)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    # Expected failures (bad input, non-finite loss) end with one clear line; set SPARKJAX_TRACEBACK=1 to debug.
-    if os.environ.get("SPARKJAX_TRACEBACK"):
-      raise
-    sys.exit(f"error: {type(e).__name__}: {e}")
+    raise ValueError(f"--workdir={workdir}: remote (gs://) workdirs are not supported yet; give a local path or a "
+                     "mounted bucket (gcsfuse), see launch_tpu/README.md")
+  return cli.check_output_dir(workdir, "--workdir")
+
+
+def run_pipeline(config, workdir: str):
+  from sparkjax import config_check, distributed
+
+  if config.get("pipeline") not in PIPELINES:
+    raise ValueError(f"config pipeline={config.get('pipeline')!r} is not known; known: {', '.join(PIPELINES)}")
+  pipeline = importlib.import_module(PIPELINES[config.pipeline])
+  distributed.initialize_from_env()  # before the checks: the mesh is checked against the global device count
+  checks = config_check.Checks(config)
+  pipeline.check_config(checks)
+  checks.done()
+  path = check_workdir(workdir)
+  pipeline.run(config, str(path))
+
+
+def main(argv) -> int:
+  del argv
+  cli.quiet_logs()
+  return cli.run("sparkjax.main", lambda: run_pipeline(flags.FLAGS.config, flags.FLAGS.workdir))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -39,10 +39,10 @@ class SamplingParams:
   per_layer_weights: bool | None = None
 
   def __post_init__(self):
-    if not 0.0 < self.top_p <= 1.0:
+    if not 0.0 < self.top_p <= 1.0:  # also false for NaN
       raise ValueError(f"top_p={self.top_p}: expected a value in (0, 1]")
-    if self.temperature < 0:
-      raise ValueError(f"temperature={self.temperature}: expected >= 0 (0 = greedy)")
+    if not 0.0 <= self.temperature < float("inf"):
+      raise ValueError(f"temperature={self.temperature}: expected a finite number >= 0 (0 = greedy)")
     if self.top_k < 0:
       raise ValueError(f"top_k={self.top_k}: expected >= 0 (0 = off)")
     if self.max_new_tokens < 1:

@@ -17,8 +17,8 @@ def test_parse_arg_types():
   assert parse_arg(None, a=1).a == 1
 
 
-@pytest.mark.parametrize("arg,msg", [("nope=1", "'nope' is not known"), ("num_prompts=x", "expected a int"),
-                                     ("num_prompts", "needs a value"), ("runlocal=maybe", "expected a bool")])
+@pytest.mark.parametrize("arg,msg", [("nope=1", "'nope' is not known"), ("num_prompts=x", "expected an integer"),
+                                     ("num_prompts", "needs a value"), ("runlocal=maybe", "expected true or false")])
 def test_parse_arg_errors(arg, msg):
   with pytest.raises(ValueError, match=msg):
     parse_arg(arg, runlocal=False, num_prompts=8)

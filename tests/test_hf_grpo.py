@@ -22,13 +22,15 @@ QWEN3_TOK = SHARED / "tokenizers" / "qwen3"
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 
 
-def _config(model_dir, iterations):
+def _config(model_dir, iterations, train_path=None):
   spec = importlib.util.spec_from_file_location("hf_grpo_cpu", ROOT / "configs" / "hf_grpo_cpu.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config(f"iterations={iterations},model_dir={model_dir}")
   c.model.preset = ""  # a random tiny model, not SmolLM2
   c.mesh.update(dict(data=2, fsdp=2, tp=2))
+  if train_path:
+    c.data.path = str(train_path)
   c.data.limit = 32
   c.data.max_prompt_len = 128
   c.rl.batch_size = 4 * 2  # 4 prompts (they split over data x fsdp = 4) x 2 samples
@@ -44,41 +46,65 @@ def _config(model_dir, iterations):
   return c
 
 
+SEVEN = 22  # the Qwen3 tokenizer's id of "7"
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
+  """A tiny Qwen2 with the real Qwen3 tokenizer, built so that every sampled token is "7" or end-of-turn with equal
+  probability (their logits are equal and ~22 above all others): a response "7" (probability 1/4) earns reward 1 on
+  a question whose answer is 7, anything else 0. Groups with mixed rewards, hence a policy gradient, follow from
+  the sampler's seed and not from rounding: the two logits are bitwise equal and every other token is far below."""
   if not (QWEN3_TOK / "tokenizer.json").is_file():
     pytest.skip(f"shared Qwen3 tokenizer not found at {QWEN3_TOK}")
   from sparkjax.models.tokenizer import load_tokenizer
 
   tok = load_tokenizer(QWEN3_TOK)
+  assert tok.encode("7") == [SEVEN]
   cfg = ModelConfig.tiny("qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_heads=4,
                          num_kv_heads=2, head_dim=8, num_layers=2, eos_token_id=tok.eos_token_id,
-                         max_position_embeddings=512)
+                         max_position_embeddings=512, tie_embeddings=False)
+  params = jax.tree.map(np.array, transformer.init_params(cfg, jax.random.key(0), std=0.02))
+  params["embed"][:, 0] = 1.0  # one large residual direction shared by every token
+  params["lm_head"][:] = 0.0
+  params["lm_head"][0, [SEVEN, tok.eos_token_id]] = 4.0
   out = tmp_path_factory.mktemp("tiny") / "hf"
-  params = transformer.init_params(cfg, jax.random.key(0), std=0.02)
   hf.save_params(params, cfg, out, extra_files=lambda tmp: [shutil.copy(f, tmp) for f in QWEN3_TOK.glob("*.json")])
   return out
 
 
-def _run(tmp, model_dir, iterations):
+@pytest.fixture(scope="module")
+def sevens(tmp_path_factory):
+  """32 GSM8K-style records whose answer is 7; every fourth question is too long for the 128-token prompt limit."""
+  f = tmp_path_factory.mktemp("data") / "sevens.jsonl"
+  long = " ".join(["The farmer counts his ducks again."] * 40)
+  rows = [dict(question=f"Tom has {i} apples and eats {i - 7}. How many are left?" + (long if i % 4 == 0 else ""),
+               answer=f"{i} - {i - 7} = <<{i}-{i - 7}=7>>7\n#### 7") for i in range(10, 42)]
+  f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return f
+
+
+def _run(tmp, model_dir, iterations, train_path=None):
   from sparkjax.pipelines import hf_grpo
 
-  return hf_grpo.run(_config(model_dir, iterations), str(tmp))
+  return hf_grpo.run(_config(model_dir, iterations, train_path), str(tmp))
 
 
-def test_runs_resumes_and_exports(tiny_dir, tmp_path, capsys):
-  straight = _run(tmp_path / "straight", tiny_dir, 3)
+def test_runs_resumes_and_exports(tiny_dir, sevens, tmp_path, capsys):
+  straight = _run(tmp_path / "straight", tiny_dir, 3, sevens)
   assert sorted(straight["history"], key=int) == ["0", "2", "3"]
   m = straight["final_metrics"]
   assert m["grader_timeouts"] == 0 and m["grader_errors"] == 0
-  assert 0 < m["response_length"] <= 8 and np.isfinite(m["loss"]) and m["kl"] > 0
-  assert straight["train_records"] + straight["train_too_long"] == 32 and straight["train_too_long"] > 0
+  assert 0 < m["response_length"] <= 8 and np.isfinite(m["loss"])
+  # Rewards were earned and the policy moved away from the reference (see `tiny_dir`: by construction).
+  assert 0 < m["reward_mean"] < 1 and m["kl"] > 0, m
+  assert straight["train_records"] == 24 and straight["train_too_long"] == 8
   assert straight["train_unreadable"] == 0
 
   # Stop after 2 iterations, then ask for 3: it resumes from the checkpoint of iteration 2.
-  _run(tmp_path / "resumed", tiny_dir, 2)
+  _run(tmp_path / "resumed", tiny_dir, 2, sevens)
   capsys.readouterr()
-  _run(tmp_path / "resumed", tiny_dir, 3)
+  _run(tmp_path / "resumed", tiny_dir, 3, sevens)
   assert "resumed from iteration 2" in capsys.readouterr().err
   a = load_file(str(tmp_path / "straight" / "policy_3" / "model.safetensors"))
   b = load_file(str(tmp_path / "resumed" / "policy_3" / "model.safetensors"))
@@ -92,6 +118,11 @@ def test_runs_resumes_and_exports(tiny_dir, tmp_path, capsys):
   assert (tmp_path / "straight" / "policy_3" / "tokenizer.json").is_file()
   summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
   assert summary["history"]["3"]["accuracy"] == straight["history"]["3"]["accuracy"]
+
+  # Running the finished run again changes none of its results.
+  before = (tmp_path / "straight" / "summary.json").read_bytes()
+  _run(tmp_path / "straight", tiny_dir, 3, sevens)
+  assert (tmp_path / "straight" / "summary.json").read_bytes() == before
 
 
 def test_missing_model_is_a_clear_error(tmp_path):

@@ -12,7 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ["--config=configs/arith.py:runlocal", "--config.rl.optimizer.total_steps=3", "--config.rl.eval_every=1"]
+BASE = ["--config=configs/arith.py:runlocal", "--config.sft.steps=10", "--config.sft.optimizer.total_steps=10",
+        "--config.rl.optimizer.total_steps=3", "--config.rl.eval_every=1"]
 
 
 def _free_port():

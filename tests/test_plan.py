@@ -182,7 +182,7 @@ def test_command_line(tmp_path):
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   bad = subprocess.run([sys.executable, "-m", "sparkjax.tools.plan", "--config", CONFIG_7B, "--topology", "v9-8"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert bad.returncode == 1 and "Traceback" not in bad.stderr
+  assert bad.returncode == 2 and "Traceback" not in bad.stderr
   assert bad.stderr.strip().splitlines()[-1].startswith("plan: error: unknown topology 'v9-8'")
   ok = subprocess.run([sys.executable, "-m", "sparkjax.tools.plan", "--config", CONFIG_1_5B, "--gpu", "h100-80gb",
                        "--set", "rl.num_microbatches=8"], cwd=ROOT, env=env, capture_output=True, text=True,

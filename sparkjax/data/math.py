@@ -2,7 +2,8 @@
 
 A source is a local `.jsonl` file or a Hugging Face dataset name (`name` or `name:config`, read through `datasets`).
 The schema is recognised per record:
-  - question + answer with a `#### X` line (GSM8K): gold = X without thousands separators;
+  - question + answer with a `#### X` line (GSM8K): gold = X without thousands separators (a multi-line answer
+    with no such line is a worked solution without its final answer, and is reported);
   - problem/question + answer (MATH-500, AIME, AMC): gold = answer;
   - question + final_answer (OlympiadBench, a list written as a string): gold = the answers joined by ", ";
   - problem + solution (MATH, Minerva): gold = the last \\boxed{...} of the solution.
@@ -58,6 +59,9 @@ def _gold(rec: dict) -> tuple[str | None, str]:
   if isinstance(answer, str) and "####" in answer:
     gold = answer.rsplit("####", 1)[1].strip().replace(",", "")
     return (gold, "") if gold else (None, "empty '####' answer line")
+  if isinstance(answer, str) and ("\n" in answer.strip() or "<<" in answer):
+    # A worked GSM8K solution whose final '#### X' line is missing: the whole text is no gold answer.
+    return None, "'answer' is a worked solution with no final '#### X' line"
   if isinstance(answer, str) and answer.strip():
     return answer.strip(), ""
   final = rec.get("final_answer")

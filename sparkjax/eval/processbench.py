@@ -443,7 +443,11 @@ class GenerativeCritic:
     from sparkjax.models import hf, tokenizer as tok_lib
 
     self.model_dir = str(model_dir)
+    sampling.SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
     cfg = hf.load_config(model_dir, param_dtype=dtype, compute_dtype=dtype)
+    self.max_len = max_len or cfg.max_position_embeddings
+    if self.max_len <= max_new_tokens:
+      raise ValueError(f"max_len={self.max_len} leaves no room for a prompt with max_new_tokens={max_new_tokens}")
     self.tokenizer = tok_lib.load_tokenizer(model_dir)
     if not self.tokenizer.chat_template:
       raise ValueError(f"{model_dir}: the tokenizer has no chat template; the critique prompt is a chat message")
@@ -452,9 +456,6 @@ class GenerativeCritic:
     self.sp = sampling.SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                       top_k=top_k, stop_tokens=tok_lib.stop_tokens(self.tokenizer, model_dir),
                                       pad_id=pad)
-    self.max_len = max_len or self.cfg.max_position_embeddings
-    if self.max_len <= max_new_tokens:
-      raise ValueError(f"max_len={self.max_len} leaves no room for a prompt with max_new_tokens={max_new_tokens}")
     self.seed, self.dtype = seed, dtype
     self._calls = 0
 
@@ -559,27 +560,39 @@ def _define_flags() -> None:
 
 def main(argv) -> int:
   del argv
+  from sparkjax import cli
+
+  cli.quiet_logs()
+  return cli.run("processbench", _run_cli)
+
+
+def _run_cli() -> int:
   from absl import flags
 
+  from sparkjax import cli
+
   FLAGS = flags.FLAGS
-  try:
-    # The data is checked first (cheap) so a bad path or file fails before the model is loaded.
-    for subset in FLAGS.subsets:
-      load_subset(FLAGS.data, subset, FLAGS.limit, FLAGS.limit_mode)
-    t0 = time.time()
-    if FLAGS.format == "critic":
-      critic = GenerativeCritic(FLAGS.model, max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
-                                top_p=FLAGS.top_p, top_k=FLAGS.top_k, seed=FLAGS.seed, dtype=FLAGS.dtype,
-                                max_len=FLAGS.max_len)
-    else:
-      critic = PRMCritic(FLAGS.model, FLAGS.format, max_new_tokens=FLAGS.max_new_tokens, dtype=FLAGS.dtype)
-    print(f"loaded {critic.cfg.model_type} ({critic.cfg.num_params() / 1e6:.1f}M params) in {time.time() - t0:.1f}s",
-          file=sys.stderr)
-    results = evaluate(FLAGS.data, FLAGS.subsets, critic, FLAGS.out, limit=FLAGS.limit, limit_mode=FLAGS.limit_mode,
-                       batch_size=FLAGS.batch_size, config=critic.config)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  # Everything cheap is checked before the model loads: flags, the output directory, the data.
+  if FLAGS.batch_size < 1:
+    raise ValueError(f"--batch_size={FLAGS.batch_size}: expected >= 1")
+  if FLAGS.max_new_tokens < 1:
+    raise ValueError(f"--max_new_tokens={FLAGS.max_new_tokens}: expected >= 1")
+  if FLAGS.limit is not None and FLAGS.limit < 1:
+    raise ValueError(f"--limit={FLAGS.limit}: expected >= 1 (or leave it out for every record)")
+  for subset in FLAGS.subsets:
+    load_subset(FLAGS.data, subset, FLAGS.limit, FLAGS.limit_mode)
+  cli.check_output_dir(FLAGS.out, "--out")
+  t0 = time.time()
+  if FLAGS.format == "critic":
+    critic = GenerativeCritic(FLAGS.model, max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
+                              top_p=FLAGS.top_p, top_k=FLAGS.top_k, seed=FLAGS.seed, dtype=FLAGS.dtype,
+                              max_len=FLAGS.max_len)
+  else:
+    critic = PRMCritic(FLAGS.model, FLAGS.format, max_new_tokens=FLAGS.max_new_tokens, dtype=FLAGS.dtype)
+  print(f"loaded {critic.cfg.model_type} ({critic.cfg.num_params() / 1e6:.1f}M params) in {time.time() - t0:.1f}s",
+        file=sys.stderr)
+  results = evaluate(FLAGS.data, FLAGS.subsets, critic, FLAGS.out, limit=FLAGS.limit, limit_mode=FLAGS.limit_mode,
+                     batch_size=FLAGS.batch_size, config=critic.config)
   print(format_table(results))
   print(f"wrote {Path(FLAGS.out) / 'results.json'} and predictions.jsonl in {results['elapsed_s']:.0f}s",
         file=sys.stderr)
@@ -587,6 +600,7 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+  import sparkjax.cli  # noqa: F401  (before jax/transformers: it quiets their start-up)
   from absl import app
 
   _define_flags()

@@ -161,6 +161,7 @@ class ModelConfig:
     if model_type not in SUPPORTED_MODEL_TYPES:
       raise ValueError(f"{source}: unsupported model_type {model_type!r}; supported: "
                        f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    _check_hf_types(hf, source)
     try:
       heads = hf["num_attention_heads"]
       d = hf["hidden_size"]
@@ -193,6 +194,8 @@ class ModelConfig:
       )
     except KeyError as e:
       raise ValueError(f"{source}: missing field {e.args[0]!r}") from None
+    except (TypeError, AttributeError, ValueError) as e:
+      raise ValueError(f"{source}: rope_scaling / rope_parameters has a field of the wrong type ({e})") from None
     return cls(**{**cfg, **kw})
 
   def to_hf(self) -> dict[str, Any]:
@@ -215,6 +218,28 @@ class ModelConfig:
     if self.rope_scaling is not None:
       out["rope_scaling"] = dict(rope_type="llama3", **dataclasses.asdict(self.rope_scaling))
     return out
+
+
+_HF_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "max_position_embeddings")
+_HF_FLOATS = ("rope_theta", "rms_norm_eps")
+
+
+def _check_hf_types(hf: dict[str, Any], source: str):
+  """Every size in a HF config.json a positive integer, every float a positive number (None = unset)."""
+  for k in _HF_INTS:
+    v = hf.get(k)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+      raise ValueError(f"{source}: field {k!r} is {v!r}; expected a positive integer")
+  for k in _HF_FLOATS:
+    v = hf.get(k)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+      raise ValueError(f"{source}: field {k!r} is {v!r}; expected a positive number")
+  for k in ("bos_token_id", "eos_token_id"):
+    v = hf.get(k)
+    ids = v if isinstance(v, list) else [v]
+    if v is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+      raise ValueError(f"{source}: field {k!r} is {v!r}; expected a token id or a list of them")
 
 
 PRESETS = {

@@ -109,19 +109,38 @@ def _entries(cfg: ModelConfig):
         yield name.format(i=i), ("layers",) + path, i, kind
 
 
+def check_model_dir(model_dir: str | os.PathLike) -> Path:
+  """`model_dir` as a Path if it is a HF model directory (it has config.json); otherwise an error that says what it
+  is instead (missing, a file, a GGUF file with the command that converts it)."""
+  p = Path(model_dir).expanduser()
+  if p.is_file() and (p.suffix == ".gguf" or _is_gguf(p)):
+    raise ValueError(f"{model_dir} is a GGUF file, not a Hugging Face model directory; convert it first: "
+                     f"python -m sparkjax.tools.convert --gguf {model_dir} --out DIR, then use DIR")
+  if p.is_file():
+    raise NotADirectoryError(f"model directory {str(model_dir)!r} is a file; expected a Hugging Face model directory "
+                             "(config.json + safetensors + tokenizer)")
+  if not p.is_dir():
+    raise FileNotFoundError(f"model directory {str(model_dir)!r} does not exist")
+  if not (p / "config.json").is_file():
+    raise FileNotFoundError(f"{p / 'config.json'}: missing; a Hugging Face model directory needs config.json and "
+                            "safetensors weights")
+  return p
+
+
+def _is_gguf(p: Path) -> bool:
+  with open(p, "rb") as f:
+    return f.read(4) == b"GGUF"
+
+
 def load_config(model_dir: str | os.PathLike, **overrides) -> ModelConfig:
   """Reads `config.json` of a HF directory into a `ModelConfig` (runtime fields can be overridden)."""
-  model_dir = Path(model_dir)
-  if not model_dir.is_dir():
-    raise FileNotFoundError(f"model directory {str(model_dir)!r} does not exist")
-  cfg_path = model_dir / "config.json"
-  if not cfg_path.is_file():
-    raise FileNotFoundError(f"{cfg_path}: missing; a Hugging Face model directory needs config.json and "
-                            "safetensors weights")
+  cfg_path = check_model_dir(model_dir) / "config.json"
   try:
     hf = json.loads(cfg_path.read_text())
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+  if not isinstance(hf, dict):
+    raise ValueError(f"{cfg_path}: expected a JSON object, got {type(hf).__name__}")
   return ModelConfig.from_hf(hf, source=str(cfg_path), **overrides)
 
 
@@ -129,17 +148,31 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
   """Maps every tensor name to the safetensors file holding it."""
   index = model_dir / "model.safetensors.index.json"
   if index.is_file():
-    weight_map = json.loads(index.read_text())["weight_map"]
-    return {name: model_dir / f for name, f in weight_map.items()}
+    try:
+      weight_map = json.loads(index.read_text())["weight_map"]
+      return {name: model_dir / f for name, f in weight_map.items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+      raise ValueError(f"{index}: not a weight index (expected a JSON object with a 'weight_map' of tensor name -> "
+                       f"file; {type(e).__name__}: {e})") from None
   files = sorted(model_dir.glob("*.safetensors"))
   if not files:
     raise FileNotFoundError(f"{model_dir}: no *.safetensors weights (and no model.safetensors.index.json)")
   out = {}
   for f in files:
-    with safe_open(str(f), framework="numpy") as sf:
+    with _open_safetensors(f) as sf:
       for name in sf.keys():
         out[name] = f
   return out
+
+
+def _open_safetensors(f: Path):
+  """safe_open with its errors (a truncated or foreign file) as a ValueError that names the file."""
+  try:
+    return safe_open(str(f), framework="numpy")
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{f}: missing (listed in the model's weight index)") from None
+  except Exception as e:  # safetensors raises its own SafetensorError type
+    raise ValueError(f"{f}: not a readable safetensors file ({e}); the download or copy may be incomplete") from None
 
 
 def load_params(model_dir: str | os.PathLike, cfg: ModelConfig | None = None,
@@ -160,7 +193,7 @@ def load_params(model_dir: str | os.PathLike, cfg: ModelConfig | None = None,
 
   def handle(f: Path):
     if f not in handles:
-      handles[f] = safe_open(str(f), framework="numpy")
+      handles[f] = _open_safetensors(f)
     return handles[f]
 
   plan: dict[tuple[str, ...], list] = {}

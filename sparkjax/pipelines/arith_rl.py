@@ -8,17 +8,15 @@ command continues exactly where it stopped.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from tqdm import tqdm
-
-from sparkjax import distributed, sampling
+from sparkjax import cli, config_check, distributed, sampling
 from sparkjax.data import arith, world_data
 from sparkjax.data.grading import make_suffix_reward
+from sparkjax.data.host_grading import GRADERS
 from sparkjax.models import transformer
 from sparkjax.models.config import ModelConfig
 from sparkjax.pipelines import common
@@ -27,6 +25,36 @@ from sparkjax.rl.host_reward import HostRewardIteration
 from sparkjax.train import metrics as metrics_lib
 from sparkjax.train import sft, state as state_lib
 from sparkjax.train.checkpoint import Checkpointer
+
+
+def check_config(ch: config_check.Checks):
+  """Everything known from the config alone (run by `main` before any work; see sparkjax/config_check.py)."""
+  config_check.check_world(ch)
+  ch.choice("data.format", arith.FORMATS, "solution format")
+  ch.int_range("data.eval_size", 1)
+  config_check.check_world_model(ch)
+  mesh = ch.mesh()
+  check_sft(ch, "sft", mesh)
+  config_check.check_grpo(ch)
+  ch.choice("rl.reward", ("device", "host"))
+  if ch.get("rl.reward", None) == "host":
+    ch.choice("rl.host_grader", GRADERS, "grader")
+  ch.int_range("rl.eval_every", 1)
+  ch.rows_over_data("rl.batch_size / rl.group_size (prompts per iteration)", config_check.prompts_per_iteration(ch),
+                    mesh)
+  config_check.check_checkpoint(ch)
+
+
+def check_sft(ch: config_check.Checks, path: str, mesh, accum: bool = True):
+  """An SFT phase's fields: steps, batch (splitting over the data-parallel devices and `accum` micro-batches),
+  the demonstrations' error rate and the optimizer."""
+  ch.int_range(f"{path}.steps", 0)
+  if ch.int_range(f"{path}.batch_size", 1):
+    ch.rows_over_data(f"{path}.batch_size", ch.get(f"{path}.batch_size"), mesh)
+    if accum and ch.int_range(f"{path}.accum", 1):
+      ch.divides(f"{path}.accum", f"{path}.batch_size", "micro-batches of gradient accumulation")
+  ch.float_range(f"{path}.p_error", 0.0, 1.0)
+  ch.optimizer(f"{path}.optimizer")
 
 
 def world_and_tokenizer(config, workdir: Path):
@@ -78,9 +106,9 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: comm
   it = iter(data)
   state = state_lib.create_sharded_state(lambda: transformer.init_params(cfg, jax.random.key(config.seed)), tx,
                                          config.seed, place.state(tx))
-  if ckpt.latest_step() is not None:
-    state, data_state, _ = ckpt.restore(state)
-    it.set_state(data_state)
+  resumed = ckpt.resume(state, it.set_state, common.say)
+  if resumed is not None:
+    state, _ = resumed
     common.say(f"sft: resumed from step {int(state.step)}")
   step_fn = sft.make_sft_step(cfg, tx, schedule, c.accum, state_sharding=place.state(tx),
                               batch_sharding=place.rows)
@@ -97,9 +125,6 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: comm
 def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_params, writer, tokenizer,
              place: common.Placement) -> dict:
   c = config.rl
-  if c.batch_size % c.group_size:
-    raise ValueError(f"config rl.batch_size={c.batch_size} (rollouts per iteration) is not a multiple of "
-                     f"rl.group_size={c.group_size}")
   tx, schedule = state_lib.make_optimizer(c.optimizer)
   settings = rl_iteration.GRPOSettings.from_config(c, sampling.SamplingParams(
       max_new_tokens=encoder.solution_len, temperature=c.temperature, top_p=c.top_p, num_samples=c.group_size,
@@ -111,10 +136,11 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
   ref_params = sft_params
   # A fresh copy of the SFT params (the reference stays), created on the state's shardings.
   state = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed + 1), out_shardings=place.state(tx))(sft_params)
-  history = {}
-  if ckpt.latest_step() is not None:
-    state, data_state, history = ckpt.restore(state)
-    it.set_state(data_state)
+  history, final = {}, {}
+  resumed = ckpt.resume(state, it.set_state, common.say)
+  if resumed is not None:
+    state, extra = resumed
+    history, final = extra.get("history", {}), extra.get("final_metrics", {})
     common.say(f"rl: resumed from iteration {int(state.step) // c.mu}")
   if c.reward == "device":
     iterate = rl_iteration.make_iteration(cfg, settings, tx, reward_fn, schedule, place.state(tx))
@@ -126,8 +152,8 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
     raise ValueError(f"config rl.reward={c.reward!r}: expected 'device' or 'host'")
   loop = metrics_lib.MetricsLoop(writer, "rl/", derive=common.rl_throughput(c.batch_size))
   start = int(state.step) // c.mu
-  bar = tqdm(range(start, c.iterations), initial=start, total=c.iterations, desc="grpo", file=sys.stderr,
-             disable=jax.process_index() != 0 or start >= c.iterations)
+  bar = cli.Progress(range(start, c.iterations), initial=start, total=c.iterations, desc="grpo",
+                     disable=jax.process_index() != 0 or start >= c.iterations)
   t_last = time.time()
   for i in bar:
     batch = place.batch(next(it), "rl.batch_size / rl.group_size (prompts per iteration)")
@@ -147,8 +173,8 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
                  f"{float(greedy_acc):.3f} (greedy)")
     if (i + 1) % config.checkpoint.every == 0 or last:
       loop.flush()
-      ckpt.save(i + 1, state, common.data_state(it), history)
-  final = loop.flush() or loop.last
+      ckpt.save(i + 1, state, common.data_state(it), dict(history=history, final_metrics=loop.last))
+  final = loop.flush() or loop.last or final  # a finished run restarted keeps the metrics its checkpoint holds
   ckpt.close()
   if isinstance(iterate, HostRewardIteration):
     iterate.close()

@@ -11,7 +11,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from sparkjax import distributed, sharding
+from sparkjax import cli, distributed, sharding
 from sparkjax.models import transformer
 from sparkjax.models.config import ModelConfig
 from sparkjax.train import metrics as metrics_lib
@@ -74,16 +74,14 @@ def train_loop(name: str, state, step_fn, it, steps: int, ckpt, writer, place: P
   """Runs `step_fn(state, batch)` from state.step to `steps` on batches from `it`, with a progress bar (loss and
   token accuracy), metrics under `name/` (one step late, NaN-checked) and a checkpoint (state + iterator) every
   `every` steps and at the end, each written only after its step's metrics were checked."""
-  from tqdm import tqdm
-
   def throughput(m):
     return dict(tokens_per_second=m["target_tokens"] / max(m["step_seconds"], 1e-9))
 
   loop = metrics_lib.MetricsLoop(writer, f"{name}/", derive=throughput)
   start = int(state.step)
   t_last = time.time()
-  bar = tqdm(range(start, steps), initial=start, total=steps, desc=name, file=sys.stderr,
-             disable=jax.process_index() != 0 or start >= steps)
+  bar = cli.Progress(range(start, steps), initial=start, total=steps, desc=name,
+                     disable=jax.process_index() != 0 or start >= steps)
   for step in bar:
     state, m = step_fn(state, place.batch(next(it), what))
     now = time.time()

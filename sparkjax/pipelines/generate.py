@@ -7,11 +7,24 @@ import time
 from pathlib import Path
 
 import jax
-from tqdm import tqdm
-
-from sparkjax import sampling
+from sparkjax import cli, config_check, sampling
 from sparkjax.data.jsonl import read_jsonl, write_jsonl_atomic
 from sparkjax.models import hf, tokenizer as tok_lib
+
+
+def check_config(ch: config_check.Checks):
+  """Everything known from the config alone (run by `main` before any work; see sparkjax/config_check.py)."""
+  if ch.get("model.dir", ""):
+    ch.satisfies("model.dir", hf.check_model_dir)
+  else:
+    ch.file("model.gguf", "GGUF file (or set model.dir to a Hugging Face directory)")
+  ch.choice("model.dtype", ("float32", "bfloat16"))
+  ch.file("data.path", "data file (.jsonl)")
+  ch.int_range("data.num_prompts", 1)
+  ch.int_range("data.batch_size", 1)
+  s = "sampling"
+  ch.satisfies(s, lambda c: sampling.SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature,
+                                                    top_p=c.top_p, top_k=c.top_k, num_samples=c.num_samples))
 
 
 def _model_dir(config, workdir: Path) -> Path:
@@ -22,7 +35,7 @@ def _model_dir(config, workdir: Path) -> Path:
     from sparkjax.models.gguf import convert_gguf
 
     print(f"converting {config.model.gguf} -> {out}", file=sys.stderr)
-    convert_gguf(config.model.gguf, out, overwrite=True)
+    convert_gguf(config.model.gguf, out, overwrite=True)  # replaces only an earlier conversion's own files
   return out
 
 
@@ -50,7 +63,7 @@ def run(config, workdir: str) -> Path:
   rng = jax.random.key(config.seed)
   out, n_tokens, t0 = [], 0, time.time()
   bs = config.data.batch_size
-  for i in tqdm(range(0, len(prompts), bs), desc="generate", unit="batch", file=sys.stderr):
+  for i in cli.Progress(range(0, len(prompts), bs), total=-(-len(prompts) // bs), desc="generate", unit="batch"):
     results = sampling.generate(params, cfg, prompts[i:i + bs], jax.random.fold_in(rng, i), sp)
     for rec, rows in zip(records[i:i + bs], results):
       n_tokens += sum(len(r["tokens"]) for r in rows)

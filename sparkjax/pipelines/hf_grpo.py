@@ -9,14 +9,11 @@ iterator) resume exactly; the final policy is written as a HF directory (`WORKDI
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import jax
-from tqdm import tqdm
-
-from sparkjax import distributed, sampling
+from sparkjax import cli, config_check, distributed, sampling
 from sparkjax.data import math as math_data
 from sparkjax.data.host_grading import GraderPool
 from sparkjax.models import hf
@@ -28,6 +25,40 @@ from sparkjax.rl.host_reward import HostRewardIteration
 from sparkjax.train import metrics as metrics_lib
 from sparkjax.train import state as state_lib
 from sparkjax.train.checkpoint import Checkpointer
+
+
+def check_config(ch: config_check.Checks):
+  """Everything known from the config alone (run by `main` before any work; see sparkjax/config_check.py)."""
+  from sparkjax.models.config import PRESETS
+
+  if ch.get("model.dir", ""):
+    ch.satisfies("model.dir", hf.check_model_dir)
+  elif ch.get("model.gguf", ""):
+    ch.file("model.gguf", "GGUF file")
+  else:
+    ch.fail("model.dir", "", "a Hugging Face model directory (model.dir) or a GGUF file (model.gguf) must be set; "
+            "e.g. --config.model.dir=/path/to/Qwen2.5-Math-1.5B")
+  if ch.get("model.preset", ""):
+    ch.choice("model.preset", PRESETS, "model preset")
+  ch.choice("model.dtype", ("float32", "bfloat16"))
+  ch.choice("model.param_dtype", ("float32", "bfloat16"))
+  mesh = ch.mesh()
+  ch.local_or_hub("data.path")
+  ch.int_range("data.limit", 0)
+  ch.int_range("data.max_prompt_len", 1)
+  ch.satisfies("data.template", lambda t: t.format(problem="x"), "expected a template with one {problem} field")
+  if ch.get("eval.path", ""):
+    ch.local_or_hub("eval.path")
+    ch.int_range("eval.size", 1)
+    if ch.int_range("eval.batch_size", 1):
+      ch.rows_over_data("eval.batch_size", ch.get("eval.batch_size"), mesh)
+    ch.int_range("eval.every", 1)
+  config_check.check_grpo(ch)
+  ch.int_range("rl.max_new_tokens", 1)
+  ch.rows_over_data("rl.batch_size / rl.group_size (prompts per iteration)", config_check.prompts_per_iteration(ch),
+                    mesh)
+  ch.int_range("grader_workers", 1)
+  config_check.check_checkpoint(ch)
 
 
 def model_dir(config, workdir: Path) -> Path:
@@ -108,17 +139,11 @@ def run(config, workdir: str) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   c, d = config.rl, config.data
-  if c.batch_size % c.group_size:
-    raise ValueError(f"config rl.batch_size={c.batch_size} (rollouts per iteration) is not a multiple of "
-                     f"rl.group_size={c.group_size}")
 
-  # Policy, tokenizer, placement.
+  # Policy config and tokenizer (the weights are read after the data, which fails faster).
   directory, cfg, tokenizer, place = load_policy(config, workdir)
   stop = tok_lib.stop_tokens(tokenizer, directory)
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
-  common.say(f"policy: {directory} ({cfg.model_type}, {cfg.num_params() / 1e6:.1f}M params), mesh "
-             f"{dict(place.mesh.shape)}")
-  params, _ = hf.load_params(directory, cfg, place.params)
 
   # Prompts.
   train = math_data.load_math(d.path, split=d.get("split", "train"), limit=d.get("limit") or None)
@@ -130,16 +155,18 @@ def run(config, workdir: str) -> dict:
   it = iter(data)
   golds = lambda targets: [records[int(t)].answer for t in targets]
 
-  # Held-out evaluation.
+  # Held-out problems.
   e = config.eval
-  pool = GraderPool("math_verify", workers=config.get("grader_workers", 2), timeout=10.0)
-  evaluate = None
+  held_records, held_prompts = [], []
   if e.get("path"):
     held = math_data.load_math(e.path, split=e.get("split", "test"), limit=e.size)
     common.say(held.report())
     held_records, held_prompts, _ = fit_prompts(held, encode(tokenizer, held.records, d), P, "eval")
-    greedy = sampling.SamplingParams(max_new_tokens=c.max_new_tokens, temperature=0.0, stop_tokens=stop, pad_id=pad)
-    evaluate = make_evaluator(cfg, place, tokenizer, held_records, held_prompts, P, greedy, e.batch_size, pool)
+
+  # Weights, straight onto their shardings.
+  common.say(f"policy: {directory} ({cfg.model_type}, {cfg.num_params() / 1e6:.1f}M params), mesh "
+             f"{dict(place.mesh.shape)}")
+  params, _ = hf.load_params(directory, cfg, place.params)
 
   # State, reference, the iteration.
   tx, schedule = state_lib.make_optimizer(c.optimizer)
@@ -147,34 +174,41 @@ def run(config, workdir: str) -> dict:
   state = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed), out_shardings=state_sh)(params)
   ref_params = params  # the state holds its own copy; the loaded weights stay as the KL reference
   ckpt = Checkpointer(workdir / "checkpoints" / "rl", max_to_keep=config.checkpoint.keep)
-  history = {}
-  if ckpt.latest_step() is not None:
-    state, data_state, history = ckpt.restore(state)
-    it.set_state(data_state)
+  history, final = {}, {}
+  resumed = ckpt.resume(state, it.set_state, common.say)
+  if resumed is not None:
+    state, extra = resumed
+    history, final = extra.get("history", {}), extra.get("final_metrics", {})
     common.say(f"rl: resumed from iteration {int(state.step) // c.mu}")
   sp = sampling.SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
                                num_samples=c.group_size, stop_tokens=stop, pad_id=pad)
   settings = rl_iteration.GRPOSettings.from_config(c, sp)
   decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
-  iterate = HostRewardIteration(cfg, settings, tx, schedule, decode, golds, "math_verify",
-                                workers=config.get("grader_workers", 2), state_sharding=state_sh)
-  writer = metrics_lib.Writer(workdir / "tensorboard", enabled=distributed.is_main())
-
-  def run_eval(i, params):
-    acc, texts = evaluate(params)
-    history[str(i)] = dict(accuracy=acc)
-    writer.scalars(i, dict(heldout_accuracy=acc), "eval/")
-    writer.text(i, "eval/samples", "\n\n---\n\n".join(texts[:4]))
-    common.say(f"iteration {i}: held-out greedy accuracy {acc:.3f} on {len(texts)} problems ({e.path})")
-
-  start = int(state.step) // c.mu
-  if evaluate is not None and start == 0 and "0" not in history:
-    run_eval(0, state.params)
-  loop = metrics_lib.MetricsLoop(writer, "rl/", derive=common.rl_throughput(c.batch_size))
-  bar = tqdm(range(start, c.iterations), initial=start, total=c.iterations, desc="grpo", file=sys.stderr,
-             disable=jax.process_index() != 0 or start >= c.iterations)
-  t_last = time.time()
+  pool = GraderPool("math_verify", workers=config.get("grader_workers", 2), timeout=10.0)
+  iterate = None
   try:
+    evaluate = None
+    if held_records:
+      greedy = sampling.SamplingParams(max_new_tokens=c.max_new_tokens, temperature=0.0, stop_tokens=stop, pad_id=pad)
+      evaluate = make_evaluator(cfg, place, tokenizer, held_records, held_prompts, P, greedy, e.batch_size, pool)
+    iterate = HostRewardIteration(cfg, settings, tx, schedule, decode, golds, "math_verify",
+                                  workers=config.get("grader_workers", 2), state_sharding=state_sh)
+    writer = metrics_lib.Writer(workdir / "tensorboard", enabled=distributed.is_main())
+
+    def run_eval(i, params):
+      acc, texts = evaluate(params)
+      history[str(i)] = dict(accuracy=acc)
+      writer.scalars(i, dict(heldout_accuracy=acc), "eval/")
+      writer.text(i, "eval/samples", "\n\n---\n\n".join(texts[:4]))
+      common.say(f"iteration {i}: held-out greedy accuracy {acc:.3f} on {len(texts)} problems ({e.path})")
+
+    start = int(state.step) // c.mu
+    if evaluate is not None and start == 0 and "0" not in history:
+      run_eval(0, state.params)
+    loop = metrics_lib.MetricsLoop(writer, "rl/", derive=common.rl_throughput(c.batch_size))
+    bar = cli.Progress(range(start, c.iterations), initial=start, total=c.iterations, desc="grpo",
+                       disable=jax.process_index() != 0 or start >= c.iterations)
+    t_last = time.time()
     for i in bar:
       batch = place.batch(next(it), "rl.batch_size / rl.group_size (prompts per iteration)")
       state, m = iterate(state, ref_params, batch["prompt"], batch["prompt_mask"], batch["target"])
@@ -188,10 +222,11 @@ def run(config, workdir: str) -> dict:
         run_eval(i + 1, state.params)
       if (i + 1) % config.checkpoint.every == 0 or last:
         loop.flush()
-        ckpt.save(i + 1, state, common.data_state(it), history)
-    final = loop.flush() or loop.last
+        ckpt.save(i + 1, state, common.data_state(it), dict(history=history, final_metrics=loop.last))
+    final = loop.flush() or loop.last or final  # a finished run restarted keeps the metrics its checkpoint holds
   finally:
-    iterate.close()
+    if iterate is not None:
+      iterate.close()
     pool.close()
     ckpt.close()
 

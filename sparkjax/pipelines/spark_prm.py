@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from sparkjax import distributed
+from sparkjax import config_check, distributed
 from sparkjax.data import arith, world_data
 from sparkjax.data.grading import make_suffix_reward
 from sparkjax.eval import processbench
@@ -33,6 +33,47 @@ from sparkjax.spark import world_verifier as wv
 from sparkjax.train import metrics as metrics_lib
 from sparkjax.train import sft, state as state_lib
 from sparkjax.train.checkpoint import Checkpointer
+
+
+# ---- config ------------------------------------------------------------------------------------------------------
+
+
+def check_config(ch: config_check.Checks):
+  """Everything known from the config alone (run by `main` before any work; see sparkjax/config_check.py)."""
+  config_check.check_world(ch)
+  ch.int_range("data.eval_size", 1)
+  config_check.check_world_model(ch)
+  mesh = ch.mesh()
+  arith_rl.check_sft(ch, "sft", mesh)
+  arith_rl.check_sft(ch, "verifier", mesh, accum=False)
+  ch.float_range("verifier.eps", 0.0, 1.0)
+  for k in ("problems", "m", "rows"):
+    ch.int_range(f"stage1.{k}", 1)
+  ch.int_range("stage1.balance_per_side", 0)
+  ch.rows_over_data("stage1.rows", ch.get("stage1.rows", None), mesh)
+  n_list = ch.get("stage1.n_list")
+  if not n_list or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in n_list):
+    ch.fail("stage1.n_list", n_list, "expected a non-empty list of self-consistency sizes >= 1")
+  for part, lo_open in (("generate", True), ("verify", False)):
+    ch.float_range(f"stage1.{part}.temperature", 0.0, lo_open=lo_open)
+    ch.float_range(f"stage1.{part}.top_p", 0.0, 1.0, lo_open=True)
+    ch.int_range(f"stage1.{part}.max_new_tokens", 1 if part == "generate" else 0)
+  ch.satisfies("stage1.consensus", lambda c: vd.ConsensusConfig(**dict(c)))
+  runs = ch.get("stage2.runs") or []
+  variants = (*verify_lib.VARIANTS, "gold")
+  for run in runs:
+    variant, _, fmt = str(run).partition(":")
+    if variant not in variants or fmt not in prm_lib.FORMATS:
+      ch.fail("stage2.runs", run, f"expected 'variant:format' with a variant in {', '.join(variants)} and a format "
+              f"in {', '.join(prm_lib.FORMATS)}")
+  if not runs:
+    ch.fail("stage2.runs", runs, "expected at least one 'variant:format' run")
+  for k in ("steps", "batch_size", "score_batch", "heldout_problems", "heldout_m"):
+    ch.int_range(f"stage2.{k}", 1)
+  ch.int_range("stage2.max_new_tokens", 0)
+  ch.int_range("stage2.heldout_balance", 0)
+  ch.optimizer("stage2.optimizer")
+  config_check.check_checkpoint(ch)
 
 
 # ---- models ------------------------------------------------------------------------------------------------------
@@ -49,9 +90,9 @@ def train_verifier(config, workdir: Path, cfg, tokenizer, world, init_params, wr
   state = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed + 2), out_shardings=place.state(tx))(
       init_params)
   ckpt = Checkpointer(workdir / "checkpoints" / "verifier", max_to_keep=config.checkpoint.keep)
-  if ckpt.latest_step() is not None:
-    state, data_state, _ = ckpt.restore(state)
-    it.set_state(data_state)
+  resumed = ckpt.resume(state, it.set_state, common.say)
+  if resumed is not None:
+    state, _ = resumed
     common.say(f"verifier: resumed from step {int(state.step)}")
   step_fn = sft.make_sft_step(cfg, tx, schedule, 1, state_sharding=place.state(tx),
                               batch_sharding=place.rows)

@@ -31,9 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
-from sparkjax import sampling
+from sparkjax import cli, sampling
 from sparkjax.data.jsonl import iter_jsonl
 from sparkjax.models import transformer
 from sparkjax.models.config import ModelConfig
@@ -418,7 +417,7 @@ def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg,
   history: list[dict] = []
   logged: list[int] = []  # the step of each pushed entry; the loop hands entries back one push late
   t0 = time.time()
-  bar = tqdm(range(steps), desc=f"prm:{fmt}", file=sys.stderr, disable=jax.process_index() != 0)
+  bar = cli.Progress(range(steps), total=steps, desc=f"prm:{fmt}", disable=jax.process_index() != 0)
   for step in bar:
     idx = next(rows)
     state, m = step_fn(state, {k: v[idx] for k, v in data.items()})

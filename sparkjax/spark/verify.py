@@ -19,15 +19,13 @@ unparseable; in the arithmetic world also gold_verdicts / gold_final (exact labe
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from sparkjax import sampling
+from sparkjax import cli, sampling
 from sparkjax.data.jsonl import write_jsonl_atomic
 from sparkjax.spark import verdicts as vd
 
@@ -87,7 +85,8 @@ class TextModel:
     sampler = self._sampler(sp)
     out: list[list[str]] = []
     chunks = range(0, len(ids), per_call)
-    for c, lo in enumerate(tqdm(chunks, desc=desc, file=sys.stderr, disable=desc is None or len(chunks) < 2)):
+    for c, lo in enumerate(cli.Progress(chunks, total=len(chunks), desc=desc or "",
+                                        disable=desc is None or len(chunks) < 2, unit="batch")):
       chunk = ids[lo:lo + per_call]
       real = len(chunk)
       chunk = chunk + [chunk[-1]] * (per_call - real)

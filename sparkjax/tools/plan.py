@@ -710,9 +710,11 @@ def main(argv: list[str] | None = None) -> int:
     programs = ("sampler", "update") + (("iteration",) if args.iteration else ())
     plan = make_plan(config, topology=args.topology, gpu=args.gpu, gpus=args.gpus, aot=args.aot,
                      programs=programs, config_name=args.config)
-  except (ValueError, RuntimeError, OSError) as e:
-    print(f"plan: error: {e}", file=sys.stderr)
-    return 1
+  except (ValueError, RuntimeError, OSError) as e:  # RuntimeError: libtpu could not compile for the topology
+    from sparkjax import cli
+
+    print(f"plan: error: {cli.one_line(e)}", file=sys.stderr)
+    return cli.EXIT_USER_ERROR
   print(format_plan(plan))
   return 0
 
