@@ -267,3 +267,25 @@ def test_argument_validation(enc):
   # Only verification tasks: still a valid mix.
   (b,) = _batches(enc, 1, seed=0, global_batch=4, eps=0.1, mix=dict(verify=1.0))
   assert b["tokens"].shape == (4, enc.seq_len)
+
+
+def test_dataset_by_task_pads_each_batch_to_its_task(enc, tok):
+  """by_task: one task per global batch, rows padded to that task's longest example; the same rows per process
+  split; every task of the mix occurs."""
+  batches = _batches(enc, 24, seed=5, global_batch=4, eps=0.1, by_task=True)
+  lengths = {enc.task_len(t): t for t in W.TASKS}
+  assert len(lengths) == len(W.TASKS)  # the tasks' lengths differ, so a batch's length names its task
+  seen = set()
+  for b in batches:
+    L = b["tokens"].shape[1]
+    assert L in lengths and L <= enc.seq_len
+    seen.add(lengths[L])
+    for tokens, loss, mask in zip(b["tokens"], b["loss_mask"], b["mask"]):
+      n = int(mask.sum())
+      assert tokens[n - 1] == tok.eos_token_id and loss[n - 1] == 1
+  assert seen == set(W.TASKS)
+  parts = [_batches(enc, 3, seed=5, global_batch=4, eps=0.1, by_task=True, process_index=p, process_count=2)
+           for p in range(2)]
+  for step in range(3):
+    np.testing.assert_array_equal(np.concatenate([parts[0][step]["tokens"], parts[1][step]["tokens"]]),
+                                  batches[step]["tokens"])

@@ -321,16 +321,21 @@ class VerifierEncoder:
       mask[self.prompt_len - len(ids):] = True
     return prompt, mask
 
+  def task_len(self, task: str) -> int:
+    """The longest SFT row of `task`: its longest prompt + longest target (eos included)."""
+    return self.prompt_lens[task] + self.target_lens[task]
+
   def example(self, task: str, fields: Mapping, target: str, *, reference: int | None = None,
-              verification: str | None = None, critique: str | None = None) -> dict:
-    """One SFT row: prompt, then target, then eos, right-padded to `seq_len` (`sft.pad_examples`).
+              verification: str | None = None, critique: str | None = None, length: int | None = None) -> dict:
+    """One SFT row: prompt, then target, then eos, right-padded to `length` (default `seq_len`;
+    `sft.pad_examples`).
 
     Returns:
-      dict(tokens [seq_len] int32, loss_mask [seq_len] float32 (1 on target + eos only), mask [seq_len] bool).
+      dict(tokens [L] int32, loss_mask [L] float32 (1 on target + eos only), mask [L] bool).
     """
     p = self.prompt_ids(task, fields, reference=reference, verification=verification, critique=critique)
     t = self.encode(target) + [self.eos]
-    batch = pad_examples([p], [t], self.pad, self.seq_len)
+    batch = pad_examples([p], [t], self.pad, length or self.seq_len)
     return {k: v[0] for k, v in batch.items()}
 
 
@@ -348,7 +353,7 @@ def _check_mix(mix: Mapping[str, float]) -> np.ndarray:
 
 def verifier_dataset(encoder: VerifierEncoder, seed: int, global_batch: int, eps: float, p_error: float = 0.5,
                      mix: Mapping[str, float] = DEFAULT_MIX, process_index: int = 0, process_count: int = 1,
-                     critiqued_eps: float | None = None) -> grain.IterDataset:
+                     critiqued_eps: float | None = None, by_task: bool = False) -> grain.IterDataset:
   """An endless, batched SFT stream of teacher transcripts: this process's rows of each global batch.
 
   Example i is a deterministic function of (seed, i): problem `arith.problem_at(seed, i)`, then from
@@ -357,9 +362,14 @@ def verifier_dataset(encoder: VerifierEncoder, seed: int, global_batch: int, eps
   state is one index (checkpoints as JSON) and process p reads rows [p * B/P, (p + 1) * B/P) of every global batch,
   the same global batch for any number of processes.
 
+  by_task: every global batch holds one task, drawn by `mix` from `default_rng([seed, batch, 3])`, and its rows are
+    padded to that task's longest example (`task_len`) instead of the longest of all tasks (`seq_len`): a
+    verification row is about half as long as a merge row, so training costs about half as much per example, at
+    the price of one compiled step per task.
+
   Returns:
-    A `grain.IterDataset` of dicts tokens [B/P, seq_len] int32, loss_mask [B/P, seq_len] float32, mask [B/P,
-    seq_len] bool.
+    A `grain.IterDataset` of dicts tokens [B/P, L] int32, loss_mask [B/P, L] float32, mask [B/P, L] bool, with
+    L = `encoder.seq_len`, or the batch's task length with `by_task`.
   """
   _check_eps(eps)
   if critiqued_eps is not None:
@@ -376,15 +386,18 @@ def verifier_dataset(encoder: VerifierEncoder, seed: int, global_batch: int, eps
   world = encoder.world
   local = global_batch // process_count
 
-  def example(i: int) -> dict:
+  def example(i: int, task: str | None = None) -> dict:
     problem = arith.problem_at(seed, i, world)
     rng = np.random.default_rng([seed, i, 2])
-    task = TASKS[int(rng.choice(len(TASKS), p=probs))]
+    drawn = TASKS[int(rng.choice(len(TASKS), p=probs))]
+    task = task or drawn
     solution = arith.sample_solution(problem, rng, world, p_error)
-    return encoder.example(task, **teach_example(task, problem, solution, rng, eps, critiqued_eps))
+    length = encoder.task_len(task) if by_task else encoder.seq_len
+    return encoder.example(task, **teach_example(task, problem, solution, rng, eps, critiqued_eps), length=length)
 
-  def global_index(j: int) -> int:
-    return (j // local) * global_batch + process_index * local + j % local
+  def batch(b: int) -> dict:
+    task = TASKS[int(np.random.default_rng([seed, b, 3]).choice(len(TASKS), p=probs))] if by_task else None
+    rows = [example(b * global_batch + process_index * local + j, task) for j in range(local)]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
-  ds = grain.MapDataset.range(0, 2**62).map(lambda j: example(global_index(int(j))))
-  return ds.batch(local, drop_remainder=True).to_iter_dataset()
+  return grain.MapDataset.range(0, 2**62).map(lambda b: batch(int(b))).to_iter_dataset()
