@@ -1,4 +1,4 @@
-"""Convert a Llama-family GGUF file into a Hugging Face model directory.
+"""Convert a Llama- or Qwen2-family GGUF file into a Hugging Face model directory.
 
     python -m sparkjax.tools.convert \\
         --gguf ../shared/models/smollm2-135m-instruct-gguf/SmolLM2-135M-Instruct.Q4_1.gguf \\
