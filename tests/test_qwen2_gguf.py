@@ -280,6 +280,11 @@ def test_truncated_file_names_tensor_and_leaves_out_dir(tmp_path):
   assert len(result.stderr.strip().splitlines()) == 1 and "truncated: tensor" in result.stderr
   assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.gguf"]
   assert [p.name for p in out.iterdir()] == ["keep.txt"]
+  with open(path, "r+b") as f:  # cut inside the header (the tokenizer's arrays)
+    f.truncate(2000)
+  with pytest.raises(ValueError, match=r"tiny\.gguf is a truncated or damaged GGUF file \(2,000 bytes; the reader "
+                                       r"stopped in its header: .*\)"):
+    gguf_convert.read_gguf(path)
 
 
 def test_yarn_rope_scaling_becomes_config(tmp_path):

@@ -208,6 +208,10 @@ def _open(path: Path) -> gguf.GGUFReader:
   except _TensorError as e:
     raise ValueError(f"{path}: {e}") from None
   except Exception as e:  # the reader raises assorted errors (bad magic, truncated arrays) for non-GGUF files
+    with open(path, "rb") as f:
+      if f.read(4) == b"GGUF":  # the header itself is cut short or damaged
+        raise ValueError(f"{path} is a truncated or damaged GGUF file ({path.stat().st_size:,} bytes; the reader "
+                         f"stopped in its header: {e})") from e
     raise ValueError(f"{path} is not a readable GGUF file: {e}") from e
 
 
