@@ -145,18 +145,44 @@ def test_group_size_must_divide_the_batch():
     grpo.grpo_advantages(jnp.ones(8), 3)
 
 
+def _coin_flip_policy(tok, enc):
+  """A bigram policy that answers "Answer : 7 <eos>" or "Answer : 8 <eos>" with probability 1/2 each.
+
+  The layers add nothing to the residual stream (o_proj and down_proj are zero), so the hidden state at a position is
+  the embedding of its token: a one-hot direction per token of the chain "\\n" (the prompts' last token) -> "Answer"
+  -> ":" -> {"7", "8"} -> eos. lm_head gives the next token of the chain a logit ~170 above every other token, and
+  after ":" the logits of "7" and "8" are bitwise equal, so each sample is a coin flip of the sampler's seed and no
+  other token can ever be drawn (the Gumbel noise is below 17).
+  """
+  cfg = ModelConfig.tiny("qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_heads=2,
+                         num_kv_heads=1, tie_embeddings=False)
+  params = jax.tree.map(np.array, transformer.init_params(cfg, jax.random.key(0), std=0.1))
+  params["layers"]["o_proj"]["kernel"][:] = 0.0
+  params["layers"]["down_proj"]["kernel"][:] = 0.0
+  ids = lambda *toks: tok.convert_tokens_to_ids(list(toks))
+  newline, answer, colon, seven, eight = ids("\n", "Answer", ":", "7", "8")
+  params["embed"][:] = 0.0
+  params["lm_head"][:] = 0.0
+  chain = [(newline, [answer]), (answer, [colon]), (colon, [seven, eight]), (seven, [enc.eos]), (eight, [enc.eos])]
+  for d, (token, successors) in enumerate(chain):
+    params["embed"][token, d] = 1.0
+    params["lm_head"][d, successors] = 30.0
+  return cfg, jax.tree.map(jnp.asarray, params), seven
+
+
 @pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
 def test_host_reward_split_matches_device_reward(setup, mesh_shape):
   """The two-call iteration (rollout -> host grader -> update) gives the device iteration's result, also when both
-  are pinned to a (data, fsdp, tp) mesh of 8 fake devices."""
+  are pinned to a (data, fsdp, tp) mesh of 8 fake devices. The policy (`_coin_flip_policy`) earns reward 1 on about
+  half of its samples, so both sides grade real answers and the update follows non-zero advantages."""
   from sparkjax import sharding
   from sparkjax.rl.host_reward import HostRewardIteration
 
-  tok, enc, cfg, tx, schedule, reward_fn, batch = setup
+  tok, enc, _, tx, schedule, reward_fn, batch = setup
+  cfg, params, seven = _coin_flip_policy(tok, enc)
+  targets = np.full_like(batch["target"], seven)  # every question's answer is "7"
   settings = _settings(enc)
-  params = transformer.init_params(cfg, jax.random.key(0), std=0.1)
   ref = jax.tree.map(jnp.copy, params)
-  # A policy that answers: force the rollout to contain the right suffix often by sampling many; compare rewards.
   state_sh = None
   if mesh_shape:
     mesh = sharding.make_mesh(sharding.MeshConfig(*mesh_shape))
@@ -170,13 +196,20 @@ def test_host_reward_split_matches_device_reward(setup, mesh_shape):
                              state_sharding=state_sh)
   try:
     s_host, m_host = host(state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0), ref, batch["prompt"],
-                          batch["prompt_mask"], batch["target"])
+                          batch["prompt_mask"], targets)
   finally:
     host.close()
-  s_dev, m_dev = dev(state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0), ref, batch["prompt"],
-                     batch["prompt_mask"], batch["target"])
-  assert float(m_host["reward_mean"]) == float(m_dev["reward_mean"])
+  state = state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0)
+  # The device iteration's rewards and advantages, recomputed from its rollout (same key, same params).
+  out = rl.make_rollout(cfg, settings)(state.params, batch["prompt"], batch["prompt_mask"], state.key())
+  rewards = np.asarray(reward_fn(out.tokens, out.lengths, out.finished, jnp.repeat(targets, 4)))
+  adv = np.asarray(grpo.grpo_advantages(jnp.asarray(rewards), 4))
+  s_dev, m_dev = dev(state, ref, batch["prompt"], batch["prompt_mask"], targets)
+  assert 0 < rewards.sum() < len(rewards) and np.abs(adv).max() > 0.5, (rewards, adv)
+  assert float(m_host["reward_mean"]) == float(m_dev["reward_mean"]) == rewards.mean()
   assert int(m_host["grader_timeouts"]) == 0 and int(m_host["grader_errors"]) == 0
+  # Zero advantages would leave every weight where it was (one Adam step on a zero gradient, no weight decay).
+  assert not np.array_equal(np.asarray(s_dev.params["lm_head"]), np.asarray(params["lm_head"]))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6 if not mesh_shape
                                                        else 1e-4), s_host.params, s_dev.params)
 
