@@ -1,5 +1,5 @@
 """SPARK-PRM Stage II: example builders, record validation, the on-device verdict parser (against the host parser),
-the discriminative loss (against numpy), and a learning check on the arithmetic world's ground truth."""
+the discriminative loss (against numpy), and a trained generative PRM scored on device and on the host."""
 
 from __future__ import annotations
 
@@ -37,13 +37,25 @@ def world_records(seed: int, n: int, p_error: float = 0.5) -> list[dict]:
   out = []
   for i in range(n):
     p = arith.problem_at(seed, i, WORLD)
-    sol = arith.sample_solution(p, np.random.default_rng([seed, i]), WORLD, p_error)
+    # Not default_rng([seed, i]): that is the stream problem_at drew the problem from, so the corruption draw would
+    # replay the op-count draw (every 2-op solution wrong, every 4-op one right) and a PRM could read the label
+    # off the problem's length.
+    sol = arith.sample_solution(p, np.random.default_rng([seed, i, 1]), WORLD, p_error)
     labels = arith.process_labels(p, sol.steps, sol.answer)
     final = arith.first_error(p, sol.steps, sol.answer) == -1
     texts = [s.text() for s in sol.steps]
     out.append(dict(id=f"w{seed}-{i}", problem=p.text(), steps=texts, answer=str(sol.answer), verdicts=labels,
                     final=final, rationale=V.render_verification(texts, labels, final), variant="gold"))
   return out
+
+
+def test_world_records_labels_do_not_follow_the_problem_length():
+  """The learning checks below are only as good as their data: a solution's correctness must not be readable off
+  the problem (it was, through a shared random stream, until this test existed)."""
+  recs = world_records(0, 600)
+  for n in range(WORLD.min_ops, WORLD.max_ops + 1):
+    finals = [r["final"] for r in recs if r["problem"].count("then") == n]
+    assert len(finals) > 100 and 0.3 < np.mean(finals) < 0.7, (n, np.mean(finals))
 
 
 def tiny_cfg(tok, **kw) -> ModelConfig:
@@ -302,14 +314,18 @@ def test_discriminative_training_lowers_the_loss(tok):
   assert not np.allclose(trained["embed"], params["embed"])
 
 
-# ---- learning check ----------------------------------------------------------------------------------------------
+# ---- a trained generative PRM, scored on device and on the host -------------------------------------------------
 
 
-def test_generative_prm_learns_the_world_and_scores_without_retracing(tok, ids, monkeypatch):
-  """A tiny PRM trained on 200 ground-truth-labelled world records judges held-out solutions far above chance.
+def test_generative_prm_trains_and_scores_on_device_without_retracing(tok, ids, monkeypatch):
+  """A tiny generative PRM trained on 200 exactly labelled world records writes parseable verdicts, scored on
+  device in one compiled call that matches the host parser and the evaluation helper.
 
-  Measured (2-core CPU, 200 steps of 32, ~20-30 s): held-out ProcessBench-style F1 0.69-0.76 and step F1 0.79-0.83
-  over three init seeds; an input-blind predictor gets F1 0 (always -1) or ~0.3 step F1 (guessing at the base rate).
+  It does not learn to judge in this budget: measured held-out F1 0.0 (it says "all correct"), loss 0.31 -> 0.07
+  over 200 steps (~20 s). An earlier version of this test measured F1 0.69-0.76 because its solutions reused the
+  problem's random stream, which made every 2-op solution wrong and every 4-op one right (see
+  test_world_records_labels_do_not_follow_the_problem_length); what a world PRM learns within a test's budget is
+  checked in tests/test_world_learning.py.
   """
   cfg = tiny_cfg(tok)
   train, test = world_records(0, 200), world_records(1, 128)
@@ -320,7 +336,7 @@ def test_generative_prm_learns_the_world_and_scores_without_retracing(tok, ids, 
   params, history = prm.train_prm(transformer.init_params(cfg, jax.random.key(0)), cfg, examples, "prm", opt,
                                   steps, batch_size=32, seed=0, log_every=50)
   print(f"prm training: {steps} steps in {time.time() - t0:.1f}s, final loss {history[-1]['loss']:.4f}")
-  assert history[-1]["loss"] < 0.1 * history[0]["loss"]
+  assert history[-1]["loss"] < 0.4 * history[0]["loss"]  # the verdict format is learnt (the verdicts are not)
 
   traces = []
   real_parse = prm.parse_generated
@@ -342,7 +358,6 @@ def test_generative_prm_learns_the_world_and_scores_without_retracing(tok, ids, 
                 for b, (p, n) in enumerate(zip(preds, n_steps))]
   step = V.step_f1(pred_steps, [r["verdicts"] for r in test])
   print(f"held-out: acc_err {acc_err:.3f} acc_cor {acc_cor:.3f} f1 {f1:.3f} step f1 {step['f1']:.3f}")
-  assert f1 > 0.5 and step["f1"] > 0.6
   assert sum(p is None for p in preds) <= 5
   # The decoded outputs the device parsed read the same on the host.
   host = prm.score_texts(prm.decode_outputs(tok, scores), n_steps, fmt="prm", max_steps=WORLD.max_ops)
