@@ -21,7 +21,7 @@ def _main(workdir):
 def test_stages_files_resume_and_bad_records(tmp_path):
   r = _main(tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
-  results = json.loads((tmp_path / "results.json").read_text())
+  results = json.loads((tmp_path / "summary.json").read_text())
   s1 = results["stage1"]
   for row in ("single", "step_consensus@1", "step_consensus@2", "outcome_consensus@2", "meta_critique_base",
               "meta_critique_outcome", "reference_guided"):
@@ -37,7 +37,15 @@ def test_stages_files_resume_and_bad_records(tmp_path):
   assert trained, results["stage2"]
   for k in trained:
     assert results["stage2"][k]["train_records"] > 0 and "outcome" in results["stage2"][k]
-  assert "| PRM (Stage II)" in r.stdout
+  assert "| PRM (Stage II)" in r.stdout and "| paper claim |" in r.stdout
+  # The report: headline figures, each claim with its figures, phase times and the F1-against-N picture.
+  head = results["headline"]
+  assert 0.0 <= head["verifier_sampled_step_accuracy"] <= 1.0
+  assert head["verifier_sampled_step_accuracy"] == s1["sampled"]["step_accuracy"]
+  assert len(s1["sampled"]["step_accuracy_per_sample"]) == s1["n_max"]
+  assert {c["name"] for c in results["claims"]} >= {"consensus_beats_single", "step_beats_outcome"}
+  assert set(results["seconds"]) == {"generator", "verifier", "stage1", "heldout", "stage2", "total"}
+  assert (tmp_path / "f1_vs_n.png").read_bytes()[:4] == b"\x89PNG"
 
   # Again: every stage is found and skipped.
   r2 = _main(tmp_path)

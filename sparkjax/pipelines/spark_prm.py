@@ -8,7 +8,7 @@ Reads top to bottom:
      reference-guided -> one dataset file per variant (sparkjax/spark/verify.py), and the verifier's quality table;
   4. Stage II: a PRM trained on each variant (and ORM / PRM-CoT / discriminative on step-level consistency), each
      scored with the ProcessBench metric on a held-out world set.
-Every stage keeps its output in the workdir (checkpoints, dataset files, results.json) and is skipped when its
+Every stage keeps its output in the workdir (checkpoints, dataset files, summary.json) and is skipped when its
 output is already there, so a killed run continues where it stopped.
 """
 
@@ -27,12 +27,15 @@ from sparkjax.data.grading import make_suffix_reward
 from sparkjax.eval import processbench
 from sparkjax.pipelines import arith_rl, common
 from sparkjax.spark import prm as prm_lib
+from sparkjax.spark import stage_report
 from sparkjax.spark import verdicts as vd
 from sparkjax.spark import verify as verify_lib
 from sparkjax.spark import world_verifier as wv
 from sparkjax.train import metrics as metrics_lib
 from sparkjax.train import sft, state as state_lib
 from sparkjax.train.checkpoint import Checkpointer
+
+_num = stage_report.num
 
 
 # ---- config ------------------------------------------------------------------------------------------------------
@@ -47,6 +50,8 @@ def check_config(ch: config_check.Checks):
   arith_rl.check_sft(ch, "sft", mesh)
   arith_rl.check_sft(ch, "verifier", mesh, accum=False)
   ch.float_range("verifier.eps", 0.0, 1.0)
+  if not isinstance(ch.get("verifier.by_task", False), bool):
+    ch.fail("verifier.by_task", ch.get("verifier.by_task"), "expected True or False")
   for k in ("problems", "m", "rows"):
     ch.int_range(f"stage1.{k}", 1)
   ch.int_range("stage1.balance_per_side", 0)
@@ -85,7 +90,8 @@ def train_verifier(config, workdir: Path, cfg, tokenizer, world, init_params, wr
   tx, schedule = state_lib.make_optimizer(c.optimizer)
   encoder = wv.VerifierEncoder(world, tokenizer)
   data = wv.verifier_dataset(encoder, config.data.verifier_seed, c.batch_size, c.eps, p_error=c.p_error,
-                             process_index=jax.process_index(), process_count=jax.process_count())
+                             process_index=jax.process_index(), process_count=jax.process_count(),
+                             by_task=c.get("by_task", False))
   it = iter(data)
   state = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed + 2), out_shardings=place.state(tx))(
       init_params)
@@ -184,6 +190,8 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
   # Single verification: the first sample of each item.
   single = [verify_lib.labels(row[0][1], len(it.steps)) for it, row in zip(items, samples)]
   table["single"] = quality(items, [s for s, _ in single], [f for _, f in single])
+  # How good each sample is on its own and how much they disagree: what voting has to work with.
+  table["sampled"] = stage_report.sampled_diagnostics(items, samples)
   # Self-consistency with the first n samples.
   for n in c.n_list:
     cons = verify_lib.consistency_records(items, samples, vc.consensus, n)
@@ -289,30 +297,18 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
 # ---- the run -----------------------------------------------------------------------------------------------------
 
 
-def _num(x, digits: int = 1) -> str:
-  """A metric for printing; "-" when undefined (e.g. ProcessBench F1 of a set without correct solutions)."""
-  return "-" if x is None else f"{x:.{digits}f}"
-
-
-def table_markdown(quality_table: dict, stage2_results: dict) -> str:
-  lines = ["| verifier labels (Stage I) | step F1 | outcome F1 | ProcessBench F1 | acc_err | acc_cor |",
-           "|---|---|---|---|---|---|"]
-  for k, v in quality_table.items():
-    if isinstance(v, dict) and "step" in v:
-      pb = v["processbench"]
-      lines.append(f"| {k} | {_num(v['step']['f1'], 3)} | {_num(v['outcome']['f1'], 3)} | {_num(pb['f1'])} | "
-                   f"{_num(pb['acc_err'])} | {_num(pb['acc_cor'])} |")
-  lines += ["", "| PRM (Stage II): data variant : format | ProcessBench F1 | acc_err | acc_cor | outcome F1 |",
-            "|---|---|---|---|---|"]
-  for k, v in stage2_results.items():
-    lines.append(f"| {k} | {_num(v.get('f1'))} | {_num(v.get('acc_err'))} | {_num(v.get('acc_cor'))} | "
-                 f"{_num(v['outcome']['f1'], 3)} |")
-  return "\n".join(lines)
-
-
 def run(config, workdir: str) -> dict:
+  """The whole pipeline; writes summary.json (every figure, `headline` and `claims` first), results.md (the
+  table) and f1_vs_n.png (Stage I F1 against N) into the workdir, and returns the summary."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  seconds, t = {}, time.time()
+
+  def lap(phase: str):
+    nonlocal t
+    seconds[phase] = round(time.time() - t, 1)
+    t = time.time()
+
   world, tokenizer = arith_rl.world_and_tokenizer(config, workdir)
   encoder = world_data.WorldEncoder(world, tokenizer, "steps")
   cfg = arith_rl.model_config(config, tokenizer)
@@ -326,22 +322,34 @@ def run(config, workdir: str) -> dict:
 
   gen_params, acc, greedy = arith_rl.sft_phase(config, workdir, cfg, encoder, evaluate, writer, place)
   common.say(f"generator: held-out accuracy {acc:.3f} (sampled), {greedy:.3f} (greedy)")
+  lap("generator")
   ver_params = train_verifier(config, workdir, cfg, tokenizer, world, gen_params, writer, place)
+  lap("verifier")
   key = jax.random.key(config.seed + 11)
   generator = text_model(gen_params, cfg, tokenizer, place, config.stage1.rows)
   verifier = text_model(ver_params, cfg, tokenizer, place, config.stage1.rows)
   target_len = wv.VerifierEncoder(world, tokenizer).target_len
   paths, quality_table = stage1(config, workdir, generator, verifier, jax.random.fold_in(key, 1), target_len)
+  lap("stage1")
   items = heldout(config, generator, jax.random.fold_in(key, 2))
   common.say(f"held-out world ProcessBench: {len(items)} solutions, {sum(not it.gold_final for it in items)} with "
              "an error")
+  lap("heldout")
   results = stage2(config, workdir, cfg, tokenizer, gen_params, paths, items, writer, target_len)
+  lap("stage2")
   writer.close()
-  summary = dict(generator=dict(accuracy=acc, greedy_accuracy=greedy), stage1=quality_table, stage2=results,
-                 heldout=dict(solutions=len(items), with_error=sum(not it.gold_final for it in items)))
-  md = table_markdown(quality_table, results)
+  # A phase skipped because its output was found (a resumed run) shows the seconds of that skip.
+  seconds["total"] = round(sum(seconds.values()), 1)
+  n_list = list(config.stage1.n_list)
+  claim_list = stage_report.claims(quality_table, results, n_list)
+  summary = dict(headline=stage_report.headline(quality_table, results, n_list), claims=claim_list,
+                 seconds=seconds, generator=dict(accuracy=acc, greedy_accuracy=greedy), stage1=quality_table,
+                 stage2=results, heldout=dict(solutions=len(items), with_error=sum(not it.gold_final for it in items)))
+  md = stage_report.table_markdown(quality_table, results, claim_list)
   if distributed.is_main():
-    (workdir / "results.json").write_text(json.dumps(summary, indent=2))
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     (workdir / "results.md").write_text(md + "\n")
+    stage_report.plot_f1_vs_n(quality_table, n_list, workdir / "f1_vs_n.png")
     print(md)
+    common.say("phase seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
   return summary
