@@ -62,9 +62,13 @@ def test_stages_files_resume_and_bad_records(tmp_path):
   missing = json.loads(lines[0])
   del missing["steps"]
   path.write_text("\n".join([json.dumps(bad), json.dumps(missing)] + lines) + "\n")
-  (tmp_path / "stage2.json").unlink()
+  # Only this run is trained again: the other runs' results stay (Stage II resumes run by run).
+  done = json.loads((tmp_path / "stage2.json").read_text())
+  del done[run]
+  (tmp_path / "stage2.json").write_text(json.dumps(done))
   r3 = _main(tmp_path)
   assert r3.returncode == 0, r3.stderr[-3000:]
   res = json.loads((tmp_path / "stage2.json").read_text())[run]
   assert res["bad_records"] == 2 and res["train_records"] == len(lines)
   assert "2 records of" in r3.stderr and "left out" in r3.stderr
+  assert sum("done before" in line for line in r3.stderr.splitlines() if "stage II" in line) == len(done)
