@@ -294,6 +294,46 @@ def test_discriminative_loss_and_scores_match_numpy(tok):
   assert preds == fe and finals == [f == -1 for f in fe]
 
 
+
+def test_first_error_mask_and_class_weights_match_numpy(tok):
+  """The weighted first-error loss against a float64 loop: steps after a row's first incorrect label carry no
+  weight, and each class gets the weight that gives both equal totals over the steps trained on."""
+  labels = np.array([[1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0]], np.float32)
+  lmask = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], bool)
+  keep = prm.first_error_mask(labels, lmask)
+  assert keep.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]]
+  np.testing.assert_array_equal(np.asarray(prm.first_error_mask(jnp.asarray(labels), jnp.asarray(lmask))), keep)
+  wc, wi = prm.class_weights(labels, lmask, until_first_error=True)  # 6 correct, 4 incorrect trained on
+  np.testing.assert_allclose([wc, wi], [0.5 * 10 / 6, 0.5 * 10 / 4])
+  assert prm.class_weights(np.ones((2, 2)), np.ones((2, 2), bool)) == (1.0, 1.0)
+
+  cfg = tiny_cfg(tok)
+  params = transformer.init_params(cfg, jax.random.key(3), std=0.3)
+  batch = prm.encode_discriminative(tok, world_records(11, 8), sep="\n", max_steps=WORLD.max_ops)
+  assert (batch["labels"][batch["label_mask"]] < 0.5).sum() > (batch["labels"] < 0.5).any(1).sum()  # propagated
+  label_ids = prm.label_token_ids(tok)
+  arrays = {k: jnp.asarray(batch[k]) for k in ("tokens", "mask", "sep_positions", "labels", "label_mask")}
+  d = np.asarray(prm.disc_margins(params, cfg, arrays["tokens"], arrays["mask"], arrays["sep_positions"], label_ids),
+                 np.float64)
+  w = (1.7, 0.4)
+  num = den = 0.0
+  for b in range(len(d)):
+    seen_bad = False
+    for s in range(batch["label_mask"].shape[1]):
+      if not batch["label_mask"][b, s] or seen_bad:
+        continue
+      y = batch["labels"][b, s]
+      p = 1 / (1 + np.exp(-d[b, s]))
+      ws = w[0] if y > 0.5 else w[1]
+      num -= ws * (y * np.log(p) + (1 - y) * np.log(1 - p))
+      den += ws
+      seen_bad = y < 0.5
+  loss, aux = prm.disc_loss(params, cfg, arrays, label_ids, weights=w, until_first_error=True)
+  np.testing.assert_allclose(float(loss), num / den, rtol=1e-4)
+  assert int(aux["steps"]) == prm.first_error_mask(batch["labels"], batch["label_mask"]).sum()
+  with pytest.raises(ValueError, match="apply to fmt='disc'"):
+    prm.train_prm(params, cfg, batch, "prm", optimizer_config(1e-3, 1), 1, 2, 0, balance_classes=True)
+
 def test_discriminative_training_lowers_the_loss(tok):
   cfg = tiny_cfg(tok)
   params = transformer.init_params(cfg, jax.random.key(0))

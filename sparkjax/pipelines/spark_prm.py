@@ -77,6 +77,9 @@ def check_config(ch: config_check.Checks):
     ch.int_range(f"stage2.{k}", 1)
   ch.int_range("stage2.max_new_tokens", 0)
   ch.int_range("stage2.heldout_balance", 0)
+  for k in ("disc_until_first_error", "disc_balance_classes"):
+    if not isinstance(ch.get(f"stage2.{k}", False), bool):
+      ch.fail(f"stage2.{k}", ch.get(f"stage2.{k}"), "expected True or False")
   ch.optimizer("stage2.optimizer")
   config_check.check_checkpoint(ch)
 
@@ -280,8 +283,10 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     label_ids = prm_lib.label_token_ids(tokenizer) if fmt == "disc" else None
     examples = (prm_lib.encode_discriminative(tokenizer, records) if fmt == "disc" else
                 prm_lib.encode_examples(tokenizer, records, fmt, "world"))
+    disc = (dict(until_first_error=c.get("disc_until_first_error", False),
+                 balance_classes=c.get("disc_balance_classes", False)) if fmt == "disc" else {})
     params, history = prm_lib.train_prm(base_params, cfg, examples, fmt, c.optimizer, c.steps, c.batch_size,
-                                        config.seed, writer=writer, label_ids=label_ids)
+                                        config.seed, writer=writer, label_ids=label_ids, **disc)
     res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)
     res.update(train_records=len(records), bad_records=len(bad), train_seconds=time.time() - t0,
                final_loss=history[-1]["loss"] if history else None)

@@ -319,28 +319,62 @@ def disc_margins(params, cfg: ModelConfig, tokens_BT, mask_BT, sep_positions_BS,
   return jnp.where(valid, logits_BSK[..., 0] - logits_BSK[..., 1], 0.0)
 
 
-def disc_loss(params, cfg: ModelConfig, batch: dict, label_ids: tuple[int, int]):
-  """Mean binary cross-entropy over the labelled separator positions of the batch, and aux metrics.
+def first_error_mask(labels_BS, label_mask_BS):
+  """Labelled steps up to and including each row's first incorrect label [B, S] bool (works on numpy and jax).
+
+  A step after the first error is incorrect by propagation alone; training on it asks a discriminative model to
+  carry "an earlier step was wrong" forward, which it cannot read from its own earlier outputs, while ProcessBench
+  scores only the first error (predictions read the first step below threshold). keep_s = label_mask_s and no
+  incorrect label before s.
+  """
+  xp = jnp if isinstance(labels_BS, jax.Array) else np
+  bad = ((labels_BS < 0.5) & label_mask_BS).astype(xp.int32)
+  before = xp.cumsum(bad, axis=1) - bad
+  return label_mask_BS & (before == 0)
+
+
+def class_weights(labels_BS, label_mask_BS, until_first_error: bool = False) -> tuple[float, float]:
+  """(w_correct, w_incorrect) that give both classes equal total weight: w_c = 0.5 / p, w_i = 0.5 / (1 - p), with p
+  the fraction of correct labels among the steps trained on; (1, 1) when one class is absent."""
+  labels_BS, mask = np.asarray(labels_BS), np.asarray(label_mask_BS, bool)
+  if until_first_error:
+    mask = first_error_mask(labels_BS, mask)
+  y = labels_BS[mask] > 0.5
+  p = float(y.mean()) if y.size else 0.0
+  if p <= 0.0 or p >= 1.0:
+    return 1.0, 1.0
+  return 0.5 / p, 0.5 / (1.0 - p)
+
+
+def disc_loss(params, cfg: ModelConfig, batch: dict, label_ids: tuple[int, int],
+              weights: tuple[float, float] = (1.0, 1.0), until_first_error: bool = False):
+  """Weighted mean binary cross-entropy over the labelled separator positions of the batch, and aux metrics.
 
   loss = sum_{b,s} w_bs * BCE(y_bs, sigmoid(d_bs)) / sum w, BCE(y, p) = -(y log p + (1 - y) log(1 - p)),
-  computed as y * softplus(-d) + (1 - y) * softplus(d); w = label_mask.
+  computed as y * softplus(-d) + (1 - y) * softplus(d); w = m_bs * (weights[0] if y_bs else weights[1]), with m the
+  label mask, cut after each row's first incorrect label when `until_first_error` (`first_error_mask`).
 
   Returns:
-    (loss, dict(steps = sum w, correct = labelled steps with (p >= 0.5) == y)).
+    (loss, dict(steps = sum m, correct = trained steps with (p >= 0.5) == y)).
   """
   d = disc_margins(params, cfg, batch["tokens"], batch["mask"], batch["sep_positions"], label_ids)
   y = batch["labels"].astype(jnp.float32)
-  w = batch["label_mask"].astype(jnp.float32)
+  m = batch["label_mask"]
+  if until_first_error:
+    m = first_error_mask(y, m)
+  m = m.astype(jnp.float32)
+  w = m * jnp.where(y > 0.5, weights[0], weights[1])
   bce = y * jax.nn.softplus(-d) + (1.0 - y) * jax.nn.softplus(d)
-  count = jnp.maximum(jnp.sum(w), 1.0)
   right = ((d >= 0) == (y > 0.5)).astype(jnp.float32)
-  return jnp.sum(bce * w) / count, dict(steps=jnp.sum(w), correct=jnp.sum(right * w))
+  return jnp.sum(bce * w) / jnp.maximum(jnp.sum(w), 1e-9), dict(steps=jnp.sum(m), correct=jnp.sum(right * m))
 
 
 def disc_step(state: TrainState, batch: dict, *, cfg: ModelConfig, tx: optax.GradientTransformation,
-              label_ids: tuple[int, int], schedule=None) -> tuple[TrainState, dict]:
-  """One optimizer update on `disc_loss`; metrics: loss, step_accuracy, grad_norm, steps (labelled), learning_rate."""
-  (loss, aux), grads = jax.value_and_grad(disc_loss, has_aux=True)(state.params, cfg, batch, label_ids)
+              label_ids: tuple[int, int], schedule=None, weights: tuple[float, float] = (1.0, 1.0),
+              until_first_error: bool = False) -> tuple[TrainState, dict]:
+  """One optimizer update on `disc_loss`; metrics: loss, step_accuracy, grad_norm, steps (trained), learning_rate."""
+  (loss, aux), grads = jax.value_and_grad(disc_loss, has_aux=True)(state.params, cfg, batch, label_ids, weights,
+                                                                   until_first_error)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(loss=loss, step_accuracy=aux["correct"] / jnp.maximum(aux["steps"], 1.0),
@@ -350,9 +384,11 @@ def disc_step(state: TrainState, batch: dict, *, cfg: ModelConfig, tx: optax.Gra
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def make_disc_step(cfg: ModelConfig, tx, label_ids: tuple[int, int], schedule=None):
-  """`disc_step` jitted once, the state donated."""
-  fn = functools.partial(disc_step, cfg=cfg, tx=tx, label_ids=tuple(int(i) for i in label_ids), schedule=schedule)
+def make_disc_step(cfg: ModelConfig, tx, label_ids: tuple[int, int], schedule=None,
+                   weights: tuple[float, float] = (1.0, 1.0), until_first_error: bool = False):
+  """`disc_step` jitted once, the state donated; `weights` and `until_first_error` as in `disc_loss`."""
+  fn = functools.partial(disc_step, cfg=cfg, tx=tx, label_ids=tuple(int(i) for i in label_ids), schedule=schedule,
+                         weights=tuple(float(w) for w in weights), until_first_error=bool(until_first_error))
   return jax.jit(fn, donate_argnums=0)
 
 
@@ -376,7 +412,8 @@ def _row_stream(n: int, batch_size: int, seed: int):
 
 def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg, steps: int, batch_size: int,
               seed: int, log_every: int = 50, writer: metrics_lib.Writer | None = None,
-              label_ids: tuple[int, int] | None = None, accum: int = 1) -> tuple[Any, list[dict]]:
+              label_ids: tuple[int, int] | None = None, accum: int = 1, until_first_error: bool = False,
+              balance_classes: bool = False) -> tuple[Any, list[dict]]:
   """Trains a reward model of format `fmt` on encoded examples; returns (params, metrics history).
 
   Generative formats use `sft.make_sft_step` (mean target-token cross-entropy); "disc" uses `make_disc_step` and
@@ -390,6 +427,9 @@ def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg,
       steps and at the last step.
     writer: a `metrics.Writer` (TensorBoard), scalars under "prm_<fmt>/"; None = history only.
     accum: gradient-accumulation micro-batches (generative formats only).
+    until_first_error: "disc" only: train on each row's labels up to its first incorrect one (`first_error_mask`).
+    balance_classes: "disc" only: weight correct and incorrect steps to equal totals (`class_weights` of the whole
+      training set).
 
   Returns:
     (trained params, [dict(step=k, loss=..., ...) per logged step]).
@@ -400,6 +440,8 @@ def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg,
     raise ValueError("fmt='disc' needs label_ids (the correct / incorrect token ids); see label_token_ids")
   if fmt == "disc" and accum != 1:
     raise ValueError("fmt='disc' has no gradient accumulation; use accum=1")
+  if fmt != "disc" and (until_first_error or balance_classes):
+    raise ValueError(f"until_first_error and balance_classes apply to fmt='disc', not {fmt!r}")
   missing = [k for k in _BATCH_KEYS[fmt] if k not in examples]
   if missing:
     raise ValueError(f"examples for fmt={fmt!r} lack {missing}; build them with "
@@ -409,7 +451,9 @@ def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg,
   tx, schedule = state_lib.make_optimizer(optimizer_cfg)
   state = state_lib.create_state(jax.tree.map(jnp.copy, params), tx, seed)
   if fmt == "disc":
-    step_fn = make_disc_step(cfg, tx, label_ids, schedule)
+    weights = (class_weights(data["labels"], data["label_mask"], until_first_error) if balance_classes else
+               (1.0, 1.0))
+    step_fn = make_disc_step(cfg, tx, label_ids, schedule, weights, until_first_error)
   else:
     step_fn = sft.make_sft_step(cfg, tx, schedule, accum)
   loop = metrics_lib.MetricsLoop(writer or metrics_lib.Writer("", enabled=False), f"prm_{fmt}/")
