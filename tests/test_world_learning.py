@@ -82,19 +82,23 @@ def _pb_f1(params, cfg, tok, records) -> float:
 
 
 def test_discriminative_prm_learns_exact_labels(tok, cfg, generator):
-  """Exact labels of wrong-result errors (errors propagate, so every step after the first error is incorrect too):
-  800 steps of 32 from the generator. Measured: held-out ProcessBench F1 0.0 before training (it says "all
-  correct"), 43.5-51.4 at 600-800 steps (~25 s). With all three corruption kinds mixed the same budget stays at
-  F1 0 (the loss sits at the label prior for ~1500 steps), which is why this check uses one kind."""
-  train, held = _records(101, 4000, "wrong_result"), _records(202, 300, "wrong_result")
+  """Exact labels of all three error kinds mixed, trained as the spark_prm config trains the discriminative PRM
+  (each solution's steps up to its first error, both classes weighted equally): STEPS steps of BATCH from the
+  generator. Measured: held-out ProcessBench F1 0.0 before training (it says "all correct"), F1_MEASURED after.
+  With every propagated label trained on and unweighted, the same budget stays at F1 0 (the loss sits at the label
+  prior): a step after the first error is wrong only because an earlier one is, which the model must carry forward
+  without seeing its own earlier verdicts."""
+  train, held = _records(101, 4000, None), _records(202, 300, None)
   assert _pb_f1(generator, cfg, tok, held) < 10
   examples = prm.encode_discriminative(tok, train)
-  params, history = prm.train_prm(generator, cfg, examples, "disc", optimizer_config(1e-3, 800, warmup_steps=20,
+  steps = STEPS
+  params, history = prm.train_prm(generator, cfg, examples, "disc", optimizer_config(1e-3, steps, warmup_steps=20,
                                                                                        schedule="cosine"),
-                                  800, 32, seed=0, log_every=200, label_ids=prm.label_token_ids(tok))
+                                  steps, BATCH, seed=0, log_every=steps // 4, label_ids=prm.label_token_ids(tok),
+                                  until_first_error=True, balance_classes=True)
   f1 = _pb_f1(params, cfg, tok, held)
   print(f"disc PRM: held-out ProcessBench F1 {f1:.1f}, loss {[round(h['loss'], 3) for h in history]}")
-  assert f1 > 30
+  assert f1 > THRESHOLD
 
 
 def test_sampled_verifier_learns_the_transcript_format(tok, cfg, generator):
