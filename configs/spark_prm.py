@@ -59,11 +59,10 @@ def get_config(arg=None):
   c.stage2.batch_size = 32
   c.stage2.optimizer = optimizer_config(2e-3, 200, warmup_steps=20, schedule="cosine")
   c.stage2.max_new_tokens = 0  # 0 = the longest verification (PRM-CoT writes one)
-  # The discriminative PRM trains on each solution's steps up to its first error (prm.first_error_mask): with
-  # propagated labels on every step it sat at the label prior for ~1500 steps (README, "what limits the world's
-  # PRMs"). Balanced class weights (prm.class_weights) are off: in the main world they made it flag 64-72% of the
-  # correct solutions (one run, 3000 steps: F1 34.0 against 43.0 at 2000 steps without them).
-  c.stage2.disc_until_first_error = True
+  # Options of the discriminative PRM, off: training only up to each solution's first error (prm.first_error_mask)
+  # or with balanced class weights (prm.class_weights) showed no gain over run-to-run variance in the world (README,
+  # "what limits the world's PRMs").
+  c.stage2.disc_until_first_error = False
   c.stage2.disc_balance_classes = False
   c.stage2.score_batch = 256
   c.stage2.heldout_problems = 200

@@ -82,23 +82,19 @@ def _pb_f1(params, cfg, tok, records) -> float:
 
 
 def test_discriminative_prm_learns_exact_labels(tok, cfg, generator):
-  """Exact labels of all three error kinds mixed, trained as the spark_prm config trains the discriminative PRM
-  (each solution's steps up to its first error, both classes weighted equally): STEPS steps of BATCH from the
-  generator. Measured: held-out ProcessBench F1 0.0 before training (it says "all correct"), F1_MEASURED after.
-  With every propagated label trained on and unweighted, the same budget stays at F1 0 (the loss sits at the label
-  prior): a step after the first error is wrong only because an earlier one is, which the model must carry forward
-  without seeing its own earlier verdicts."""
+  """Exact labels of all three error kinds mixed (errors propagate, so every step after the first error is incorrect
+  too): 1000 steps of 64 from the generator (~40 s). Measured: held-out ProcessBench F1 0.0 before training (it says
+  "all correct"), 62.5 after; side runs with other data / row-order seeds gave 46.7-74.5 (the rise out of the label
+  prior comes at a different step in each run). With batches of 32 the same 1000 steps stay at F1 0."""
   train, held = _records(101, 4000, None), _records(202, 300, None)
   assert _pb_f1(generator, cfg, tok, held) < 10
   examples = prm.encode_discriminative(tok, train)
-  steps = STEPS
-  params, history = prm.train_prm(generator, cfg, examples, "disc", optimizer_config(1e-3, steps, warmup_steps=20,
+  params, history = prm.train_prm(generator, cfg, examples, "disc", optimizer_config(1e-3, 1000, warmup_steps=20,
                                                                                        schedule="cosine"),
-                                  steps, BATCH, seed=0, log_every=steps // 4, label_ids=prm.label_token_ids(tok),
-                                  until_first_error=True, balance_classes=True)
+                                  1000, 64, seed=0, log_every=250, label_ids=prm.label_token_ids(tok))
   f1 = _pb_f1(params, cfg, tok, held)
   print(f"disc PRM: held-out ProcessBench F1 {f1:.1f}, loss {[round(h['loss'], 3) for h in history]}")
-  assert f1 > THRESHOLD
+  assert f1 > 30
 
 
 def test_sampled_verifier_learns_the_transcript_format(tok, cfg, generator):
