@@ -97,19 +97,18 @@ def test_discriminative_prm_learns_exact_labels(tok, cfg, generator):
   assert f1 > 30
 
 
-def test_sampled_verifier_learns_the_transcript_format(tok, cfg, generator):
-  """The verifier (the generator SFT'd on teacher transcripts, eps 0.1, half the solutions with an error) verifies
-  held-out solutions at T 0.8 / top_p 0.95. What it learns within this budget, and is checked here: every sample
-  parses, and each analysis restates the student's step exactly (measured 0.96-0.98 at 400 steps, 0.86 at 200).
+def test_sampled_verifier_judges_steps(tok, cfg, generator):
+  """The verifier (the generator SFT'd on teacher transcripts, eps 0.1, half the solutions with an error, 1000 steps
+  of 32) verifies held-out solutions at T 0.8 / top_p 0.95: every sample parses, each analysis restates the
+  student's step, and the sampled step verdicts beat the input-blind "every step correct" (0.72 here) by a margin.
 
-  What it does not learn yet, and is printed, not asserted: verdicts that follow the comparison its analysis
-  writes. It writes "1 + 2 = 3 , 1 - 1 = 0 . The step is correct": both spans right, the verdict wrong. Measured
-  sampled step accuracy 0.58-0.64 over 200-1000 steps against 0.72 for the input-blind "every step correct"
-  (issue 10: a competent verifier is still open)."""
+  Measured: sampled step accuracy 0.914, samples disagreeing on the first error for 10% of solutions, copy accuracy
+  0.952 (~100 s). Before the analyses ended in a subtraction of the two results, the same
+  recipe gave 0.57-0.64: the verdict followed the number of spans, not whether they agreed."""
   encoder = wv.VerifierEncoder(WORLD, tok)
   encoder.seq_len = encoder.task_len("verify")
   data = iter(wv.verifier_dataset(encoder, 4, 32, 0.1, p_error=0.5, mix=dict(verify=1.0)))
-  params, _ = _sft(generator, cfg, data, 400, 3e-3)
+  params, _ = _sft(generator, cfg, data, 1000, 3e-3)
   held = _records(303, 120, None)
   items = [verify_lib.Item(r["id"], r["problem"], tuple(r["steps"]), r["answer"], gold_verdicts=tuple(r["verdicts"]),
                            gold_final=r["final"]) for r in held]
@@ -125,4 +124,5 @@ def test_sampled_verifier_learns_the_transcript_format(tok, cfg, generator):
         f"{before['copy_accuracy']})")
   assert before["copy_accuracy"] is None  # the generator writes solutions, not analyses
   assert sum(v.ok for row in samples for _, v in row) >= 0.95 * len(items) * vc.n
-  assert d["copy_accuracy"] > 0.9
+  assert d["copy_accuracy"] > 0.85
+  assert d["step_accuracy"] > max(0.8, max(y, 1 - y) + 0.05)

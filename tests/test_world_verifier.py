@@ -79,7 +79,7 @@ def test_analyses_show_expected_step_and_slip_on_false_alarm():
   wrong = arith.Solution((arith.Step(7, "+", 5, 13), arith.Step(13, "-", 3, 10), arith.Step(10, "+", 2, 12)), 12)
   text, got, final = W.teach_verification(p, wrong, np.random.default_rng(0), 0.0)
   # The first error: the student's step next to the expected one; after it the student's step alone.
-  assert text.splitlines()[0] == "Step 1: 7 + 5 = 13 , 7 + 5 = 12. The step is incorrect."
+  assert text.splitlines()[0] == "Step 1: 7 + 5 = 13 , 7 + 5 = 12 , 13 - 12 = 1. The step is incorrect."
   assert text.splitlines()[1] == "Step 2: 13 - 3 = 10. The step is incorrect."  # the student's step
   assert got == [False] * 3 and not final
   right = arith.Solution(tuple(p.correct_steps()), p.answer)
@@ -91,6 +91,8 @@ def test_analyses_show_expected_step_and_slip_on_false_alarm():
     assert line.startswith("Step 2: 12 - 3 = 9 , 12 - 3 = ")  # the student's step, then the teacher's slip
     m = arith.parse_solution(line.split(",")[1])[0][0]
     assert (m.lhs, m.op, m.rhs) == (12, "-", 3) and m.result != 9 and 1 <= abs(m.result - 9) <= 3 and m.result >= 0
+    d = arith.parse_solution(line.split(",")[2])[0][0]  # the difference of the two results, never negative
+    assert (d.lhs, d.rhs, d.result) == (max(9, m.result), min(9, m.result), abs(m.result - 9))
     assert line.endswith("The step is incorrect.")
   # A step beyond the problem's count is incorrect even when the teacher would always err (no draw for it).
   extra = arith.Solution(tuple(p.correct_steps()) + (arith.Step(12, "+", 1, 13),), 13)
