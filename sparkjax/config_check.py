@@ -59,6 +59,16 @@ class Checks:
       return False
     return True
 
+  def boolean(self, path: str, optional: bool = False) -> bool:
+    """True or False (an optional field may be absent)."""
+    v = self.get(path, None if optional else _MISSING)
+    if v is None:
+      return optional
+    if not isinstance(v, bool):
+      self.fail(path, v, "expected True or False")
+      return False
+    return True
+
   def float_range(self, path: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
                   hi_open: bool = False) -> bool:
     v = self.get(path)

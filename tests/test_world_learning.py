@@ -85,7 +85,8 @@ def test_discriminative_prm_learns_exact_labels(tok, cfg, generator):
   """Exact labels of all three error kinds mixed (errors propagate, so every step after the first error is incorrect
   too): 1000 steps of 64 from the generator (~40 s). Measured: held-out ProcessBench F1 0.0 before training (it says
   "all correct"), 62.5 after; side runs with other data / row-order seeds gave 46.7-74.5 (the rise out of the label
-  prior comes at a different step in each run). With batches of 32 the same 1000 steps stay at F1 0."""
+  prior comes at a different step in each run). With batches of 32 the same 1000 steps stayed at F1 0 (one side
+  run)."""
   train, held = _records(101, 4000, None), _records(202, 300, None)
   assert _pb_f1(generator, cfg, tok, held) < 10
   examples = prm.encode_discriminative(tok, train)

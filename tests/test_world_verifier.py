@@ -94,6 +94,11 @@ def test_analyses_show_expected_step_and_slip_on_false_alarm():
     d = arith.parse_solution(line.split(",")[2])[0][0]  # the difference of the two results, never negative
     assert (d.lhs, d.rhs, d.result) == (max(9, m.result), min(9, m.result), abs(m.result - 9))
     assert line.endswith("The step is incorrect.")
+  # A wrong step whose result is right by coincidence: difference 0, verdict still the exact one (incorrect).
+  lucky = arith.Solution((arith.Step(7, "+", 4, 12),) + tuple(p.correct_steps()[1:]), p.answer)
+  text, got, _ = W.teach_verification(p, lucky, np.random.default_rng(0), 0.0)
+  assert text.splitlines()[0] == "Step 1: 7 + 4 = 12 , 7 + 5 = 12 , 12 - 12 = 0. The step is incorrect."
+  assert got == [False] * 3
   # A step beyond the problem's count is incorrect even when the teacher would always err (no draw for it).
   extra = arith.Solution(tuple(p.correct_steps()) + (arith.Step(12, "+", 1, 13),), 13)
   _, got, final = W.teach_verification(p, extra, np.random.default_rng(0), 0.0)

@@ -50,8 +50,7 @@ def check_config(ch: config_check.Checks):
   arith_rl.check_sft(ch, "sft", mesh)
   arith_rl.check_sft(ch, "verifier", mesh, accum=False)
   ch.float_range("verifier.eps", 0.0, 1.0)
-  if not isinstance(ch.get("verifier.by_task", False), bool):
-    ch.fail("verifier.by_task", ch.get("verifier.by_task"), "expected True or False")
+  ch.boolean("verifier.by_task", optional=True)
   for k in ("problems", "m", "rows"):
     ch.int_range(f"stage1.{k}", 1)
   ch.int_range("stage1.balance_per_side", 0)
@@ -77,9 +76,8 @@ def check_config(ch: config_check.Checks):
     ch.int_range(f"stage2.{k}", 1)
   ch.int_range("stage2.max_new_tokens", 0)
   ch.int_range("stage2.heldout_balance", 0)
-  for k in ("disc_until_first_error", "disc_balance_classes"):
-    if not isinstance(ch.get(f"stage2.{k}", False), bool):
-      ch.fail(f"stage2.{k}", ch.get(f"stage2.{k}"), "expected True or False")
+  ch.boolean("stage2.disc_until_first_error", optional=True)
+  ch.boolean("stage2.disc_balance_classes", optional=True)
   ch.optimizer("stage2.optimizer")
   config_check.check_checkpoint(ch)
 
