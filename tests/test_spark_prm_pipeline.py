@@ -8,9 +8,11 @@ from pathlib import Path
 
 import datasets
 
+from sparkjax.spark import verdicts as vd
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("step_consistency", "outcome_consistency", "meta_critique_base", "meta_critique_outcome",
-            "reference_guided")
+            "reference_guided", "gold")
 
 
 def _main(workdir):
@@ -33,6 +35,13 @@ def test_stages_files_resume_and_bad_records(tmp_path):
     assert s1["records"][v] + s1["left_out"][v] == s1["solutions"]
     if s1["records"][v]:
       assert datasets.load_dataset("json", data_files=str(path), split="train").num_rows == s1["records"][v]
+  # The upper bound's data: exact labels, and a rationale (the teacher at eps 0) that reads back to the same labels.
+  gold = [json.loads(line) for line in (tmp_path / "stage1" / "gold.jsonl").read_text().splitlines()]
+  assert len(gold) == s1["solutions"]
+  for rec in gold:
+    assert rec["verdicts"] == rec["gold_verdicts"] and rec["final"] == rec["gold_final"]
+    v = vd.parse_verification(rec["rationale"])
+    assert (list(v.steps), v.final) == (rec["verdicts"], rec["final"]), rec
   trained = [k for k, v in results["stage2"].items() if "error" not in v]
   assert trained, results["stage2"]
   for k in trained:

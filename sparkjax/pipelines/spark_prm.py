@@ -119,11 +119,12 @@ def text_model(params, cfg, tokenizer, place, rows: int) -> verify_lib.TextModel
 
 
 def solutions(generator: verify_lib.TextModel, problems: list[arith.Problem], m: int, c, key,
-              prefix: str) -> tuple[list[verify_lib.Item], list[int], int]:
-  """M sampled solutions per problem as items with exact labels; (items, problem index of each, unreadable)."""
+              prefix: str) -> tuple[list[verify_lib.Item], list[int], int, dict]:
+  """M sampled solutions per problem as items with exact labels; (items, problem index of each, unreadable,
+  {item id: (arith.Problem, arith.Solution)})."""
   texts = generator.sample_texts([arith.prompt_text(p) for p in problems], m, c.max_new_tokens, c.temperature, key,
                                  c.top_p, desc="generate")
-  items, owner, unreadable = [], [], 0
+  items, owner, unreadable, parsed = [], [], 0, {}
   for i, (p, row) in enumerate(zip(problems, texts)):
     for j, t in enumerate(row):
       steps, answer = arith.parse_solution(t)
@@ -136,7 +137,20 @@ def solutions(generator: verify_lib.TextModel, problems: list[arith.Problem], m:
       items.append(verify_lib.Item(f"{prefix}{i}-{j}", fields["problem"], tuple(fields["steps"]),
                                    str(fields["answer"]), str(p.answer), tuple(gold_steps), gold_final))
       owner.append(i)
-  return items, owner, unreadable
+      parsed[items[-1].id] = (p, sol)
+  return items, owner, unreadable, parsed
+
+
+def gold_records(items, parsed: dict) -> list[dict]:
+  """The exact-label upper bound of Stage II as a data variant: each solution's exact verdicts and final answer
+  verdict, with the world teacher's verification at eps 0 as the rationale, so a PRM-CoT target agrees with its
+  labels. Not a SPARK variant: it uses the labels SPARK does without."""
+  out = []
+  for it in items:
+    problem, sol = parsed[it.id]
+    text, steps, final = wv.teach_verification(problem, sol, np.random.default_rng(0), 0.0)
+    out.append(verify_lib.record(it, "gold", steps, final, text))
+  return out
 
 
 def first_errors(steps_list, items) -> list[int | None]:
@@ -167,11 +181,11 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
   done = out_dir / "quality.json"
   if done.is_file():
     common.say(f"stage I: found {out_dir}, skipping")
-    return {v: out_dir / f"{v}.jsonl" for v in verify_lib.VARIANTS}, json.loads(done.read_text())
+    return {v: out_dir / f"{v}.jsonl" for v in (*verify_lib.VARIANTS, "gold")}, json.loads(done.read_text())
   world = arith.WorldConfig(**config.world)
   problems = [arith.problem_at(config.data.stage1_seed, i, world) for i in range(c.problems)]
   k_gen, k_ver, k_ref, k_mc1, k_mc2 = jax.random.split(key, 5)
-  items, owner, unreadable = solutions(generator, problems, c.m, c.generate, k_gen, "s")
+  items, owner, unreadable, parsed = solutions(generator, problems, c.m, c.generate, k_gen, "s")
   if c.balance_per_side:
     items = verify_lib.balance(items, owner, c.balance_per_side, np.random.default_rng(config.seed))
   if not items:
@@ -217,6 +231,7 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
   table["reference_guided"] = quality(items, [s for s, _ in labels], [f for _, f in labels])
   variants["reference_guided"] = [r for r in (verify_lib.record(it, "reference_guided", s, f, row[0][0]) for
                                               it, (s, f), row in zip(items, labels, ref)) if r is not None]
+  variants["gold"] = gold_records(items, parsed)
   # Solutions whose labels could not be formed (no parseable vote / merged output) are counted, not hidden.
   table["records"] = {k: len(v) for k, v in variants.items()}
   table["left_out"] = {k: len(items) - len(v) for k, v in variants.items()}
@@ -236,7 +251,7 @@ def heldout(config, generator, key) -> list[verify_lib.Item]:
   c = config.stage2
   world = arith.WorldConfig(**config.world)
   problems = [arith.problem_at(config.data.heldout_seed, i, world) for i in range(c.heldout_problems)]
-  items, owner, _ = solutions(generator, problems, c.heldout_m, config.stage1.generate, key, "h")
+  items, owner, _, _ = solutions(generator, problems, c.heldout_m, config.stage1.generate, key, "h")
   if c.heldout_balance:
     items = verify_lib.balance(items, owner, c.heldout_balance, np.random.default_rng(config.seed + 7))
   return items
@@ -259,22 +274,17 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
   results = json.loads(results_path.read_text()) if results_path.is_file() else {}
   for run in c.runs:
     variant, fmt = run.split(":")
-    # "gold": the step-consistency records relabelled with the world's exact labels, the upper bound of Stage II.
-    source = "step_consistency" if variant == "gold" else variant
     if run in results:
       common.say(f"stage II {run}: done before (ProcessBench F1 {_num(results[run].get('f1'))})")
       continue
-    if source not in paths:
-      raise ValueError(f"config stage2.runs names {variant!r}; known data variants: {', '.join(paths)}, gold")
-    records, bad = prm_lib.load_records(paths[source])
-    if variant == "gold":
-      records = [dict(r, verdicts=r["gold_verdicts"], final=r["gold_final"], variant="gold") for r in records
-                 if "gold_verdicts" in r]
+    if variant not in paths:
+      raise ValueError(f"config stage2.runs names {variant!r}; known data variants: {', '.join(paths)}")
+    records, bad = prm_lib.load_records(paths[variant])
     if bad:
-      common.say(f"stage II {run}: {len(bad)} records of {paths[source]} left out: {bad[:2]}")
+      common.say(f"stage II {run}: {len(bad)} records of {paths[variant]} left out: {bad[:2]}")
     if not records:  # reported in the table; the other runs go on
-      common.say(f"stage II {run}: no usable record in {paths[source]}; not trained")
-      results[run] = dict(error=f"no usable record in {paths[source]}", train_records=0, bad_records=len(bad),
+      common.say(f"stage II {run}: no usable record in {paths[variant]}; not trained")
+      results[run] = dict(error=f"no usable record in {paths[variant]}", train_records=0, bad_records=len(bad),
                           outcome=dict(f1=None))
       continue
     t0 = time.time()
