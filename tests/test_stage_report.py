@@ -70,6 +70,14 @@ def test_claims_headline_and_table():
   assert claims["step_beats_outcome"]["measured"] == {"step_consensus@4": 55.0, "outcome_consensus@4": 60.0}
   assert claims["step_prm_vs_reference_prm"]["holds"] is True  # >=: a tie holds
   assert claims["prm_cot_beats_prm"]["holds"] is False
+  # The reference comparison in another format only where both runs exist (prm_cot here, not disc).
+  assert "step_prm_cot_vs_reference_prm_cot" not in claims and "step_disc_vs_reference_disc" not in claims
+  stage2["reference_guided:disc"] = dict(f1=60.0, outcome=dict(f1=0.6))
+  stage2["step_consistency:disc"] = dict(f1=70.0, outcome=dict(f1=0.6))
+  more = {c["name"]: c for c in stage_report.claims(table, stage2, [1, 4])}
+  assert more["step_disc_vs_reference_disc"]["holds"] is True
+  assert more["step_disc_vs_reference_disc"]["measured"] == {"step_consistency:disc": 70.0,
+                                                             "reference_guided:disc": 60.0}
   head = stage_report.headline(table, stage2, [1, 4])
   assert head["exact_label_prm_processbench_f1"] == 92.0 and head["exact_label_disc_prm_processbench_f1"] is None
   assert head["verifier_sampled_step_accuracy"] == 0.8 and head["step_consensus@4_processbench_f1"] == 55.0

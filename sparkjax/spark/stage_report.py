@@ -91,9 +91,9 @@ def claims(table: dict, stage2: dict, n_list: Sequence[int]) -> list[dict]:
 
     consensus > single verification: step_consensus@max(N) vs single;
     step-level > outcome-level consensus: step_consensus@max(N) vs outcome_consensus@max(N);
-    step-consistency PRM >= reference-guided PRM (format prm);
-    PRM-CoT vs PRM on step-consistency data (the paper finds PRM-CoT ahead);
-    consensus-trained PRM vs the exact-label PRM (the upper bound: how much the verifier's noise costs).
+    step-consistency PRM >= reference-guided PRM, in each format both were trained in (prm, then prm_cot and disc
+      when the run has them; the paper's claim is for its generative PRMs);
+    PRM-CoT vs PRM on step-consistency data (the paper finds PRM-CoT ahead).
   """
   n = max(n_list)
   f1 = lambda run: stage2.get(run, {}).get("f1")
@@ -105,7 +105,12 @@ def claims(table: dict, stage2: dict, n_list: Sequence[int]) -> list[dict]:
                 "reference_guided:prm", f1("reference_guided:prm"), ">="),
          _claim("prm_cot_beats_prm", "step_consistency:prm_cot", f1("step_consistency:prm_cot"),
                 "step_consistency:prm", f1("step_consistency:prm"))]
-  names = ("consensus_beats_single", "step_beats_outcome", "step_prm_vs_reference_prm", "prm_cot_beats_prm")
+  names = ["consensus_beats_single", "step_beats_outcome", "step_prm_vs_reference_prm", "prm_cot_beats_prm"]
+  for fmt in ("prm_cot", "disc"):
+    if f"step_consistency:{fmt}" in stage2 and f"reference_guided:{fmt}" in stage2:
+      out.append(_claim(f"step_{fmt}_vs_reference_{fmt}", f"step_consistency:{fmt}", f1(f"step_consistency:{fmt}"),
+                        f"reference_guided:{fmt}", f1(f"reference_guided:{fmt}"), ">="))
+      names.append(f"step_{fmt}_vs_reference_{fmt}")
   for c, name in zip(out, names):
     c["name"] = name
   return out
