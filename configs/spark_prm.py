@@ -5,9 +5,10 @@ Smoke:     python -m sparkjax.main --config=configs/spark_prm.py:runlocal --work
 Hardware:  a 2-core CPU. Expect: see README "SPARK-PRM in the arithmetic world" for the measured table and time.
 Args:      runlocal (tiny sizes, a smoke run), eps=F (the verifier teacher's per-step error rate).
 
-Stage I verifies M = 4 solutions of 1024 unlabelled problems with N = 16 samples each (T = 0.8, top_p 0.95, as the
-paper); the paper uses M = 8 and a 32B verifier. Stage II trains PRMs from the generator's weights (the paper starts from
-an instruct model) on each data variant and scores them with the ProcessBench metric on held-out problems.
+Stage I verifies M = 4 solutions of 1024 unlabelled problems with N = 16 samples each (T = 0.8, top_p 0.95, as
+the paper); the paper uses M = 8 and a 32B verifier. Stage II trains PRMs from the generator's weights (the paper
+starts from an instruct model) on each data variant and scores them with the ProcessBench metric on held-out
+problems.
 """
 
 import ml_collections
