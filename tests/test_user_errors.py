@@ -90,7 +90,6 @@ def test_more_bad_fields(tmp_path, override, needles):
   _user_error(_run("sparkjax.main", f"--config={ARITH}:runlocal", override, f"--workdir={tmp_path / 'w'}"), *needles)
 
 
-
 def test_spark_prm_switches_must_be_booleans():
   """An on/off field given as a number or a string is named with its value (the YAML-ish 'false' is truthy)."""
   import ml_collections
@@ -105,6 +104,7 @@ def test_spark_prm_switches_must_be_booleans():
   assert ch.errors == ["config verifier.by_task='false': expected True or False",
                        "config stage2.disc_until_first_error=1: expected True or False"]
   assert not ch.boolean("stage2.absent") and ch.errors[-1] == "config stage2.absent is missing from the config"
+
 
 def test_empty_workdir_writes_nothing_into_the_current_directory(tmp_path):
   r = _run("sparkjax.main", f"--config={ARITH}:runlocal", "--workdir=", cwd=tmp_path)

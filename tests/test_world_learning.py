@@ -3,7 +3,9 @@ within a test's budget from a small generator, must reach a stated held-out scor
 training regresses (label placement, loss, data stream, sampler), which shape-and-key tests cannot see.
 
 The world is small (2-3 operations on numbers up to 12) so that the generator and the judges learn in about a
-minute on a 2-core CPU; the figures quoted were measured on the Intel Xeon machine.
+minute on a 2-core CPU. The figures quoted were measured on the AMD EPYC (2026-12-04; the whole file 159 s). A
+different processor rounds differently and so trains along a slightly different path; the thresholds leave the
+spread seen between seeds of the same recipe as margin, not one machine's figure.
 """
 
 from __future__ import annotations

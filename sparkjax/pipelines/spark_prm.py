@@ -36,6 +36,8 @@ from sparkjax.train import sft, state as state_lib
 from sparkjax.train.checkpoint import Checkpointer
 
 _num = stage_report.num
+# Stage I's dataset files: the SPARK variants, and the exact-label upper bound (`gold_records`).
+DATA_VARIANTS = (*verify_lib.VARIANTS, "gold")
 
 
 # ---- config ------------------------------------------------------------------------------------------------------
@@ -64,12 +66,11 @@ def check_config(ch: config_check.Checks):
     ch.int_range(f"stage1.{part}.max_new_tokens", 1 if part == "generate" else 0)
   ch.satisfies("stage1.consensus", lambda c: vd.ConsensusConfig(**dict(c)))
   runs = ch.get("stage2.runs") or []
-  variants = (*verify_lib.VARIANTS, "gold")
   for run in runs:
     variant, _, fmt = str(run).partition(":")
-    if variant not in variants or fmt not in prm_lib.FORMATS:
-      ch.fail("stage2.runs", run, f"expected 'variant:format' with a variant in {', '.join(variants)} and a format "
-              f"in {', '.join(prm_lib.FORMATS)}")
+    if variant not in DATA_VARIANTS or fmt not in prm_lib.FORMATS:
+      ch.fail("stage2.runs", run, f"expected 'variant:format' with a variant in {', '.join(DATA_VARIANTS)} and a "
+              f"format in {', '.join(prm_lib.FORMATS)}")
   if not runs:
     ch.fail("stage2.runs", runs, "expected at least one 'variant:format' run")
   for k in ("steps", "batch_size", "score_batch", "heldout_problems", "heldout_m"):
@@ -148,6 +149,7 @@ def gold_records(items, parsed: dict) -> list[dict]:
   out = []
   for it in items:
     problem, sol = parsed[it.id]
+    # eps 0: the teacher draws nothing, so any generator gives the same text.
     text, steps, final = wv.teach_verification(problem, sol, np.random.default_rng(0), 0.0)
     out.append(verify_lib.record(it, "gold", steps, final, text))
   return out
@@ -181,7 +183,7 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
   done = out_dir / "quality.json"
   if done.is_file():
     common.say(f"stage I: found {out_dir}, skipping")
-    return {v: out_dir / f"{v}.jsonl" for v in (*verify_lib.VARIANTS, "gold")}, json.loads(done.read_text())
+    return {v: out_dir / f"{v}.jsonl" for v in DATA_VARIANTS}, json.loads(done.read_text())
   world = arith.WorldConfig(**config.world)
   problems = [arith.problem_at(config.data.stage1_seed, i, world) for i in range(c.problems)]
   k_gen, k_ver, k_ref, k_mc1, k_mc2 = jax.random.split(key, 5)

@@ -29,13 +29,13 @@ the verdict follows from one number the verifier computes, 0 or not. Without the
 to compare two spans, and models of the world's size do not learn that comparison: read by teacher forcing, a
 2 x 64 verifier said "correct" after every two-span analysis whether the spans agreed or not, from 250 to 2500 steps
 (sampled step accuracy 0.57-0.61 at 500-1000 steps, below the input-blind 0.72), while with the subtraction it
-reached 0.90 at 1000 steps (README, "what limits the world's PRMs and verifier"). An earlier format with only one span taught it to
-restate the correct step and call it correct. The computed step is the expected correct step, except where the
-teacher's judgment slipped: a missed error shows the student's step (it agreed; difference 0), a false alarm the
-expected step with its result off by 1-3 (its own slip), kept within the numbers of the prompt so every number stays
-in the world's vocabulary. A wrong step whose result is right by coincidence (another operand or operation giving
-the same value) shows difference 0 and keeps the teacher's verdict, incorrect. After the first believed error, and
-beyond the problem's steps, an analysis is the student's step alone.
+reached 0.90 at 1000 steps (README, "what limits the world's PRMs and verifier"). An earlier format with only one
+span taught it to restate the correct step and call it correct. The computed step is the expected correct step,
+except where the teacher's judgment slipped: a missed error shows the student's step (it agreed; difference 0), a
+false alarm the expected step with its result off by 1-3 (its own slip), kept within the numbers of the prompt so
+every number stays in the world's vocabulary. A wrong step whose result is right by coincidence (another operand or
+operation giving the same value) shows difference 0 and keeps the teacher's verdict, incorrect. After the first
+believed error, and beyond the problem's steps, an analysis is the student's step alone.
 
 The truth is `arith.process_labels`, which also makes the last step wrong when the answer line contradicts it
 (`arith.first_error`); such solutions are never sampled, but keep eps=0 transcripts exactly equal to the labels.
@@ -117,9 +117,9 @@ def _analyses(problem: arith.Problem, solution: arith.Solution, step_verdicts: S
               rng: np.random.Generator) -> list[str]:
   """One analysis per step: `comparison(student's step, the step as the teacher computes it)` up to the first
   believed error, so the verdict follows from the difference of the two results; after it (and beyond the problem's
-  steps) the student's step alone. The teacher's computed step is the expected correct step, except where its judgment slipped:
-  a missed error shows the student's step as computed (it agreed with it), a false alarm shows the expected step with
-  its result off by 1-3 (kept within the prompt's numbers, so inside the world's vocabulary)."""
+  steps) the student's step alone. The teacher's computed step is the expected correct step, except where its
+  judgment slipped: a missed error shows the student's step as computed (it agreed with it), a false alarm shows the
+  expected step with its result off by 1-3 (kept within the prompt's numbers, so inside the world's vocabulary)."""
   expected = problem.correct_steps()
   first = next((i for i, ok in enumerate(step_verdicts) if not ok), len(step_verdicts))
   hi = max([problem.start, solution.answer] + [x for _, x in problem.ops] + problem.values()
