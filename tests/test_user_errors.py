@@ -90,6 +90,28 @@ def test_more_bad_fields(tmp_path, override, needles):
   _user_error(_run("sparkjax.main", f"--config={ARITH}:runlocal", override, f"--workdir={tmp_path / 'w'}"), *needles)
 
 
+def test_spark_prm_format_steps_are_checked(tmp_path):
+  r = _run("sparkjax.main", f"--config={ROOT / 'configs' / 'spark_prm.py'}:runlocal",
+           "--config.stage2.format_steps.disc=0", f"--workdir={tmp_path / 'w'}")
+  _user_error(r, "stage2.format_steps.disc=0", "steps >= 1")
+  assert not (tmp_path / "w").exists()
+
+
+def test_spark_prm_run_schedule_stretches_the_schedule_to_a_format_s_steps():
+  import importlib.util
+
+  from sparkjax.pipelines import spark_prm
+
+  spec = importlib.util.spec_from_file_location("spark_prm_config", ROOT / "configs" / "spark_prm.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config().stage2
+  steps, opt = spark_prm.run_schedule(c, "disc")
+  assert (steps, opt.total_steps, opt.lr) == (c.format_steps.disc, c.format_steps.disc, c.optimizer.lr)
+  assert c.optimizer.total_steps == c.steps  # the config's own schedule is not touched
+  assert spark_prm.run_schedule(c, "prm") == (c.steps, c.optimizer)
+
+
 def test_spark_prm_switches_must_be_booleans():
   """An on/off field given as a number or a string is named with its value (the YAML-ish 'false' is truthy)."""
   import ml_collections

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 
 from sparkjax import config_check, distributed
@@ -77,6 +78,11 @@ def check_config(ch: config_check.Checks):
     ch.int_range(f"stage2.{k}", 1)
   ch.int_range("stage2.max_new_tokens", 0)
   ch.int_range("stage2.heldout_balance", 0)
+  fs = ch.get("stage2.format_steps")
+  for fmt, n in (dict(fs) if fs else {}).items():
+    if fmt not in prm_lib.FORMATS or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+      ch.fail(f"stage2.format_steps.{fmt}", n, f"expected a format in {', '.join(prm_lib.FORMATS)} mapped to an "
+              "integer number of steps >= 1")
   ch.boolean("stage2.disc_until_first_error", optional=True)
   ch.boolean("stage2.disc_balance_classes", optional=True)
   ch.optimizer("stage2.optimizer")
@@ -269,6 +275,17 @@ def score_prm(params, cfg, tokenizer, fmt: str, items, max_new_tokens: int, batc
   return res, preds
 
 
+def run_schedule(c, fmt: str):
+  """(steps, optimizer config) of a Stage II run of format `fmt`: `stage2.format_steps[fmt]` when set, with the
+  schedule stretched to it (total_steps = steps), else `stage2.steps` and `stage2.optimizer` as they are."""
+  steps = (c.get("format_steps") or {}).get(fmt)
+  if steps is None:
+    return c.steps, c.optimizer
+  optimizer = ml_collections.ConfigDict(c.optimizer.to_dict())
+  optimizer.total_steps = steps
+  return steps, optimizer
+
+
 def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, items, writer, target_len: int) -> dict:
   """Trains one PRM per (data variant, format) in `stage2.runs` and scores it; results kept per run."""
   c = config.stage2
@@ -295,10 +312,11 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
                 prm_lib.encode_examples(tokenizer, records, fmt, "world"))
     disc = (dict(until_first_error=c.get("disc_until_first_error", False),
                  balance_classes=c.get("disc_balance_classes", False)) if fmt == "disc" else {})
-    params, history = prm_lib.train_prm(base_params, cfg, examples, fmt, c.optimizer, c.steps, c.batch_size,
+    steps, optimizer = run_schedule(c, fmt)
+    params, history = prm_lib.train_prm(base_params, cfg, examples, fmt, optimizer, steps, c.batch_size,
                                         config.seed, writer=writer, label_ids=label_ids, **disc)
     res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)
-    res.update(train_records=len(records), bad_records=len(bad), train_seconds=time.time() - t0,
+    res.update(train_records=len(records), bad_records=len(bad), train_steps=steps, train_seconds=time.time() - t0,
                final_loss=history[-1]["loss"] if history else None)
     results[run] = res
     common.say(f"stage II {run}: ProcessBench F1 {_num(res.get('f1'))} (acc_err {_num(res.get('acc_err'))}, "

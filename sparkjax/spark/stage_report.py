@@ -157,11 +157,11 @@ def table_markdown(table: dict, stage2: dict, claim_list: Sequence[dict] = ()) -
       pb = v["processbench"]
       lines.append(f"| {k} | {num(v['step']['f1'], 3)} | {num(v['outcome']['f1'], 3)} | {num(pb['f1'])} | "
                    f"{num(pb['acc_err'])} | {num(pb['acc_cor'])} |")
-  lines += ["", "| PRM (Stage II): data variant : format | ProcessBench F1 | acc_err | acc_cor | outcome F1 |",
-            "|---|---|---|---|---|"]
+  lines += ["", "| PRM (Stage II): data variant : format | ProcessBench F1 | acc_err | acc_cor | outcome F1 | "
+            "steps |", "|---|---|---|---|---|---|"]
   for k, v in stage2.items():
     lines.append(f"| {k} | {num(v.get('f1'))} | {num(v.get('acc_err'))} | {num(v.get('acc_cor'))} | "
-                 f"{num(v['outcome']['f1'], 3)} |")
+                 f"{num(v['outcome']['f1'], 3)} | {v.get('train_steps', '-')} |")
   if claim_list:
     lines += ["", "| paper claim | holds in the world | measured |", "|---|---|---|"]
     for c in claim_list:
