@@ -90,10 +90,14 @@ def test_more_bad_fields(tmp_path, override, needles):
   _user_error(_run("sparkjax.main", f"--config={ARITH}:runlocal", override, f"--workdir={tmp_path / 'w'}"), *needles)
 
 
-def test_spark_prm_format_steps_are_checked(tmp_path):
-  r = _run("sparkjax.main", f"--config={ROOT / 'configs' / 'spark_prm.py'}:runlocal",
-           "--config.stage2.format_steps.disc=0", f"--workdir={tmp_path / 'w'}")
-  _user_error(r, "stage2.format_steps.disc=0", "steps >= 1")
+@pytest.mark.parametrize("override,needles", [
+    ("--config.stage2.format_steps.disc=0", ["stage2.format_steps.disc=0", "steps >= 1"]),
+    ("--config.world.heldout_every=0", ["world.heldout_every=0"]),  # no held-out problems: refused
+])
+def test_spark_prm_fields(tmp_path, override, needles):
+  r = _run("sparkjax.main", f"--config={ROOT / 'configs' / 'spark_prm.py'}:runlocal", override,
+           f"--workdir={tmp_path / 'w'}")
+  _user_error(r, *needles)
   assert not (tmp_path / "w").exists()
 
 

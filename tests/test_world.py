@@ -117,3 +117,29 @@ def test_suffix_reward(tok):
   got = reward(jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(finished), jnp.asarray(targets))
   # right; wrong number; two answer lines (format violation); unfinished (no stop token)
   np.testing.assert_array_equal(got, [1, 0, 0, 0])
+
+
+def test_heldout_split_is_disjoint_from_every_training_stream(tok):
+  """A small world has few problems (475 here), so independent streams share most of them; the split keeps the
+  held-out problems out of every stream that trains, including the SFT dataset."""
+  w = arith.WorldConfig(min_ops=2, max_ops=3, max_operand=3, max_value=12, ops="+-", heldout_every=5)
+  held_problems = [arith.problem_at(6, i, w, "heldout") for i in range(400)]
+  held = {p.text() for p in held_problems}
+  train = {arith.problem_at(s, i, w).text() for s in (1, 4, 5) for i in range(2000)}
+  assert not held & train
+  assert 60 < len(held) and 300 < len(train)  # ~1/5 of the 475 problems are held out
+  assert all(arith.split_of(arith.problem_at(6, i, w, "heldout"), w) == "heldout" for i in range(50))
+  enc = world_data.WorldEncoder(w, tok, "steps")
+  batch = next(iter(world_data.world_dataset(enc, seed=1, global_batch=64, kind="sft")))
+  rows = [tuple(r) for r in np.asarray(batch["tokens"])]
+  first = tuple(enc.encode_prompt(arith.problem_at(1, 0, w)))
+  assert rows[0][:len(first)] == first  # rows start with their problem's prompt, so the next check can fail
+  held_prompts = {tuple(enc.encode_prompt(p)) for p in held_problems}
+  assert not any(r[:len(h)] == h for h in held_prompts for r in rows)
+  # Without a split every stream's problem is its first draw, as before the split existed.
+  plain = arith.WorldConfig(min_ops=2, max_ops=3, max_operand=3, max_value=12, ops="+-")
+  assert arith.problem_at(6, 3, plain) == arith.make_problem(np.random.default_rng([6, 3]), plain)
+  with pytest.raises(ValueError, match="heldout_every > 0"):
+    arith.problem_at(6, 0, plain, "heldout")
+  with pytest.raises(ValueError, match="heldout_every=-1"):
+    arith.WorldConfig(heldout_every=-1)

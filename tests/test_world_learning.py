@@ -27,7 +27,8 @@ from sparkjax.spark import verify as verify_lib
 from sparkjax.spark import world_verifier as wv
 from sparkjax.train import sft, state as state_lib
 
-WORLD = arith.WorldConfig(min_ops=2, max_ops=3, max_operand=3, max_value=12, ops="+-")
+# configs/spark_prm.py's world: held-out records come from problems no training stream draws.
+WORLD = arith.WorldConfig(min_ops=2, max_ops=3, max_operand=3, max_value=12, ops="+-", heldout_every=5)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +63,12 @@ def generator(tok, cfg):
   return params
 
 
-def _records(seed: int, n: int, kind: str) -> list[dict]:
+def _records(seed: int, n: int, kind: str, split: str = "train") -> list[dict]:
   """Half correct solutions, half with one error of `kind`, labelled exactly (`arith.process_labels`). The
   solution's random stream is not the problem's (see tests/test_prm.py world_records)."""
   out = []
   for i in range(n):
-    p = arith.problem_at(seed, i, WORLD)
+    p = arith.problem_at(seed, i, WORLD, split)
     rng = np.random.default_rng([seed, i, 9])
     sol = (arith.corrupt(p, rng, WORLD, kind) if rng.random() < 0.5 else
            arith.Solution(tuple(p.correct_steps()), p.answer))
@@ -90,7 +91,7 @@ def test_discriminative_prm_learns_exact_labels(tok, cfg, generator):
   batch 64 spread by +-15, hence the margin). The batch is what matters: with the same 4,000 records, 1,000 steps
   of 32 stayed at F1 0, of 64 reached 46.7-74.5 (three seeds), of 128 86.5, and 500 of 256 reached 91.4 on a
   1,000-step schedule (README, "what limits the world's PRMs")."""
-  train, held = _records(101, 4000, None), _records(202, 300, None)
+  train, held = _records(101, 4000, None), _records(202, 300, None, "heldout")
   assert _pb_f1(generator, cfg, tok, held) < 10
   examples = prm.encode_discriminative(tok, train)
   steps = 400
@@ -114,7 +115,7 @@ def test_sampled_verifier_judges_steps(tok, cfg, generator):
   encoder.seq_len = encoder.task_len("verify")
   data = iter(wv.verifier_dataset(encoder, 4, 32, 0.1, p_error=0.5, mix=dict(verify=1.0)))
   params, _ = _sft(generator, cfg, data, 1000, 3e-3)
-  held = _records(303, 120, None)
+  held = _records(303, 120, None, "heldout")
   items = [verify_lib.Item(r["id"], r["problem"], tuple(r["steps"]), r["answer"], gold_verdicts=tuple(r["verdicts"]),
                            gold_final=r["final"]) for r in held]
   place = common.Placement(ml_collections.ConfigDict(dict(mesh=dict(data=-1, fsdp=1, tp=1))), cfg)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -30,13 +31,22 @@ OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b
 
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
-  """Difficulty knobs. Every intermediate value of a problem stays in [0, max_value]."""
+  """Difficulty knobs. Every intermediate value of a problem stays in [0, max_value].
+
+  max_start: the largest start value; 0 = max_operand (the world before the knob existed).
+  heldout_every: 0 = no held-out split. k > 0 = one problem in about k (those whose text has a CRC-32 divisible by
+  k) is held out: `problem_at` draws it only for split="heldout", so no training stream ever sees it. A small
+  world has few distinct problems (2-3 operations on operands up to 3: 475), and independent streams then share
+  most of them.
+  """
 
   min_ops: int = 2
   max_ops: int = 6
   max_operand: int = 9
   max_value: int = 99
   ops: str = "+-*"
+  max_start: int = 0
+  heldout_every: int = 0
 
   def __post_init__(self):
     if not 1 <= self.min_ops <= self.max_ops:
@@ -45,6 +55,10 @@ class WorldConfig:
       raise ValueError(f"max_operand={self.max_operand} exceeds max_value={self.max_value}")
     if not self.ops or set(self.ops) - set(OPS):
       raise ValueError(f"ops={self.ops!r}: expected a non-empty subset of {''.join(OPS)!r}")
+    if not 0 <= self.max_start <= self.max_value:
+      raise ValueError(f"max_start={self.max_start} outside [0, max_value={self.max_value}] (0 = max_operand)")
+    if isinstance(self.heldout_every, bool) or not isinstance(self.heldout_every, int) or self.heldout_every < 0:
+      raise ValueError(f"heldout_every={self.heldout_every!r}: expected an integer >= 0 (0 = no held-out split)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +116,7 @@ class Solution:
 def make_problem(rng: np.random.Generator, world: WorldConfig) -> Problem:
   """Samples a problem whose running values all stay in [0, max_value]."""
   n = int(rng.integers(world.min_ops, world.max_ops + 1))
-  v = int(rng.integers(1, world.max_operand + 1))
+  v = int(rng.integers(1, (world.max_start or world.max_operand) + 1))
   start, ops = v, []
   for _ in range(n):
     choices = []
@@ -116,9 +130,39 @@ def make_problem(rng: np.random.Generator, world: WorldConfig) -> Problem:
   return Problem(start, tuple(ops))
 
 
-def problem_at(seed: int, index: int, world: WorldConfig) -> Problem:
-  """Problem number `index` of the stream `seed`: deterministic, so datasets are index-addressable."""
-  return make_problem(np.random.default_rng([seed, index]), world)
+SPLITS = ("train", "heldout")
+_MAX_DRAWS = 10_000
+# Redraws use rng [seed, index, _REDRAW, k]: streams seed their per-example randomness with [seed, index, small
+# int] (world_data's solutions use 1, the verifier's 2), and a redraw from [seed, index, 1] made each redrawn
+# problem's solution a function of the problem: the generator learnt those errors as rules (final-answer accuracy
+# of its samples 0.02 instead of 0.15).
+_REDRAW = 0x5EED
+
+
+def split_of(problem: Problem, world: WorldConfig) -> str:
+  """"heldout" when `world.heldout_every` > 0 divides the CRC-32 of the problem's text, else "train"."""
+  if world.heldout_every and zlib.crc32(problem.text().encode()) % world.heldout_every == 0:
+    return "heldout"
+  return "train"
+
+
+def problem_at(seed: int, index: int, world: WorldConfig, split: str = "train") -> Problem:
+  """Problem number `index` of the stream `seed` in `split`: deterministic, so datasets are index-addressable.
+
+  Draws from rng [seed, index], then [seed, index, _REDRAW, k] for k = 1, 2, ... until the problem is in `split` (with no
+  held-out split, the first draw is every stream's problem, as before the split existed).
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
+  if split == "heldout" and not world.heldout_every:
+    raise ValueError("split='heldout' needs world.heldout_every > 0 (the world holds no problem out)")
+  problem = make_problem(np.random.default_rng([seed, index]), world)
+  for k in range(1, _MAX_DRAWS):
+    if split_of(problem, world) == split:
+      return problem
+    problem = make_problem(np.random.default_rng([seed, index, _REDRAW, k]), world)
+  raise ValueError(f"no {split} problem in {_MAX_DRAWS} draws of stream {seed}, index {index}: the world "
+                   f"{world} has (almost) none; change heldout_every")
 
 
 # ---- ground truth ------------------------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ DATA_VARIANTS = (*verify_lib.VARIANTS, "gold")
 def check_config(ch: config_check.Checks):
   """Everything known from the config alone (run by `main` before any work; see sparkjax/config_check.py)."""
   config_check.check_world(ch)
+  # The held-out ProcessBench must be problems no training stream sees (the world's split, arith.split_of).
+  ch.int_range("world.heldout_every", 2)
   ch.int_range("data.eval_size", 1)
   config_check.check_world_model(ch)
   mesh = ch.mesh()
@@ -255,14 +257,23 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
 
 
 def heldout(config, generator, key) -> list[verify_lib.Item]:
-  """The held-out world ProcessBench: generator solutions to unseen problems with exact first-error labels."""
+  """The held-out world ProcessBench: generator solutions with exact first-error labels to problems of the world's
+  held-out split, which the generator's, the verifier's and Stage I's streams never draw."""
   c = config.stage2
   world = arith.WorldConfig(**config.world)
-  problems = [arith.problem_at(config.data.heldout_seed, i, world) for i in range(c.heldout_problems)]
+  problems = [arith.problem_at(config.data.heldout_seed, i, world, "heldout") for i in range(c.heldout_problems)]
   items, owner, _, _ = solutions(generator, problems, c.heldout_m, config.stage1.generate, key, "h")
   if c.heldout_balance:
     items = verify_lib.balance(items, owner, c.heldout_balance, np.random.default_rng(config.seed + 7))
   return items
+
+
+def heldout_summary(config, world, items) -> dict:
+  """Sizes of the held-out set, and how many of its distinct problems Stage I drew (0 by construction, counted)."""
+  stage1_problems = {arith.problem_at(config.data.stage1_seed, i, world).text() for i in range(config.stage1.problems)}
+  problems = {it.problem for it in items}
+  return dict(solutions=len(items), with_error=sum(not it.gold_final for it in items), distinct_problems=len(problems),
+              distinct_problems_in_stage1=len(problems & stage1_problems))
 
 
 def score_prm(params, cfg, tokenizer, fmt: str, items, max_new_tokens: int, batch: int) -> tuple[dict, list]:
@@ -377,7 +388,7 @@ def run(config, workdir: str) -> dict:
   claim_list = stage_report.claims(quality_table, results, n_list)
   summary = dict(headline=stage_report.headline(quality_table, results, n_list), claims=claim_list,
                  seconds=seconds, generator=dict(accuracy=acc, greedy_accuracy=greedy), stage1=quality_table,
-                 stage2=results, heldout=dict(solutions=len(items), with_error=sum(not it.gold_final for it in items)))
+                 stage2=results, heldout=heldout_summary(config, world, items))
   md = stage_report.table_markdown(quality_table, results, claim_list)
   if distributed.is_main():
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
