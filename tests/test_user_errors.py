@@ -104,14 +104,17 @@ def test_spark_prm_fields(tmp_path, override, needles):
 def test_spark_prm_run_schedule_stretches_the_schedule_to_a_format_s_steps():
   import importlib.util
 
+  import ml_collections
+
   from sparkjax.pipelines import spark_prm
 
   spec = importlib.util.spec_from_file_location("spark_prm_config", ROOT / "configs" / "spark_prm.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config().stage2
+  c.format_steps = ml_collections.ConfigDict(dict(disc=3 * c.steps))
   steps, opt = spark_prm.run_schedule(c, "disc")
-  assert (steps, opt.total_steps, opt.lr) == (c.format_steps.disc, c.format_steps.disc, c.optimizer.lr)
+  assert (steps, opt.total_steps, opt.lr) == (3 * c.steps, 3 * c.steps, c.optimizer.lr)
   assert c.optimizer.total_steps == c.steps  # the config's own schedule is not touched
   assert spark_prm.run_schedule(c, "prm") == (c.steps, c.optimizer)
 

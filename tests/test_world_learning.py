@@ -3,7 +3,7 @@ within a test's budget from a small generator, must reach a stated held-out scor
 training regresses (label placement, loss, data stream, sampler), which shape-and-key tests cannot see.
 
 The world is small (2-3 operations on numbers up to 12) so that the generator and the judges learn in about a
-minute on a 2-core CPU. The figures quoted were measured on the AMD EPYC (2026-12-04; the whole file 159 s). A
+minute on a 2-core CPU. The figures quoted were measured on the AMD EPYC (2026-12-05; the whole file 159 s). A
 different processor rounds differently and so trains along a slightly different path; the thresholds leave the
 spread seen between seeds of the same recipe as margin, not one machine's figure.
 """
@@ -87,7 +87,8 @@ def _pb_f1(params, cfg, tok, records) -> float:
 def test_discriminative_prm_learns_exact_labels(tok, cfg, generator):
   """Exact labels of all three error kinds mixed (errors propagate, so every step after the first error is incorrect
   too): 400 steps of 256 from the generator (configs/spark_prm.py's Stage II trains 500). Measured: held-out
-  ProcessBench F1 0.0 before training (it says "all correct"), 66.2 after (AMD EPYC, ~50 s; runs of this recipe at
+  ProcessBench F1 0.0 before training (it says "all correct"), 52.1 after on problems of the world's held-out split
+  (AMD EPYC, ~50 s; 66.2 when the held-out records' problems were training problems too; runs of this recipe at
   batch 64 spread by +-15, hence the margin). The batch is what matters: with the same 4,000 records, 1,000 steps
   of 32 stayed at F1 0, of 64 reached 46.7-74.5 (three seeds), of 128 86.5, and 500 of 256 reached 91.4 on a
   1,000-step schedule (README, "what limits the world's PRMs")."""
@@ -100,7 +101,7 @@ def test_discriminative_prm_learns_exact_labels(tok, cfg, generator):
                                   steps, 256, seed=0, log_every=100, label_ids=prm.label_token_ids(tok))
   f1 = _pb_f1(params, cfg, tok, held)
   print(f"disc PRM: held-out ProcessBench F1 {f1:.1f}, loss {[round(h['loss'], 3) for h in history]}")
-  assert f1 > 45
+  assert f1 > 35
 
 
 def test_sampled_verifier_judges_steps(tok, cfg, generator):
@@ -108,8 +109,9 @@ def test_sampled_verifier_judges_steps(tok, cfg, generator):
   of 32) verifies held-out solutions at T 0.8 / top_p 0.95: every sample parses, each analysis restates the
   student's step, and the sampled step verdicts beat the input-blind "every step correct" (0.72 here) by a margin.
 
-  Measured: sampled step accuracy 0.914, samples disagreeing on the first error for 10% of solutions, copy accuracy
-  0.952 (~100 s). Before the analyses ended in a subtraction of the two results, the same
+  Measured on problems of the held-out split: sampled step accuracy 0.856 (input-blind 0.728), samples disagreeing
+  on the first error for 41% of solutions, copy accuracy 0.957 (~100 s; 0.914, 10% and 0.952 when the held-out
+  problems were training problems too). Before the analyses ended in a subtraction of the two results, the same
   recipe gave 0.57-0.64: the verdict followed the number of spans, not whether they agreed."""
   encoder = wv.VerifierEncoder(WORLD, tok)
   encoder.seq_len = encoder.task_len("verify")
