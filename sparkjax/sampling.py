@@ -243,14 +243,12 @@ def make_sampler(cfg: ModelConfig, sp: SamplingParams, param_shardings=None, mes
   """`sample(params, prompt_BP, prompt_mask_BP, rng)` jitted once. With `param_shardings` (and the mesh) given,
   inputs and outputs are pinned: params on their shardings, prompts and every output row-split over the mesh's data
   axes (rows b * G + g stay with prompt b's shard), the key replicated."""
-  fn = functools.partial(sample, cfg=cfg, sp=sp, cache_len=cache_len)
-  if param_shardings is None:
-    return jax.jit(fn)
   from sparkjax import sharding
 
-  rows = sharding.batch_sharding(mesh, 1)  # a 1-d spec shards dim 0 of any rank
-  out = SampleOutput(rows, rows, rows, rows)
-  return jax.jit(fn, in_shardings=(param_shardings, rows, rows, sharding.replicated(mesh)), out_shardings=out)
+  fn = functools.partial(sample, cfg=cfg, sp=sp, cache_len=cache_len)
+  R = sharding.ROWS
+  return sharding.jit_sharded(fn, None if param_shardings is None else mesh,
+                              (param_shardings, R, R, sharding.REPLICATED), SampleOutput(R, R, R, R))
 sample_with_keys_jit = jax.jit(sample_with_keys, static_argnames=("cfg", "sp", "cache_len"))
 
 

@@ -122,6 +122,31 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+# Markers for `jit_sharded`: an argument or output whose leading dimension is split over the data axes (any rank,
+# any pytree of arrays), or one copied to every device.
+ROWS, REPLICATED = "rows", "replicated"
+
+
+def jit_sharded(fn, mesh: Mesh | None, in_shardings: tuple, out_shardings, donate_argnums=()):
+  """`jax.jit(fn)` with every input and output pinned to a layout, so each call compiles for the layout the
+  pipeline chose rather than whatever its inputs carried (the one such helper of the sampler, the SFT step and the
+  GRPO iteration).
+
+  Args:
+    mesh: None = a plain jit (inputs keep their placement; the shardings are not read).
+    in_shardings: one entry per positional argument: a sharding or a tree of shardings (e.g. a TrainState of
+      NamedShardings), or ROWS / REPLICATED, which may also be leaves inside a tree (e.g. SampleOutput(ROWS, ...)).
+    out_shardings: the same for the output tree.
+    donate_argnums: as for `jax.jit`.
+  """
+  if mesh is None:
+    return jax.jit(fn, donate_argnums=donate_argnums)
+  named = {ROWS: batch_sharding(mesh, 1), REPLICATED: replicated(mesh)}  # a 1-d spec shards dim 0 of any rank
+  resolve = lambda tree: jax.tree.map(lambda s: named.get(s, s) if isinstance(s, str) else s, tree)
+  return jax.jit(fn, in_shardings=resolve(tuple(in_shardings)), out_shardings=resolve(out_shardings),
+                 donate_argnums=donate_argnums)
+
+
 def check_batch(global_batch: int, mesh: Mesh, rules=DEFAULT_RULES, what: str = "batch"):
   spec = logical_to_spec(("batch",), rules, mesh)
   axes = spec[0] if isinstance(spec[0], tuple) else ((spec[0],) if spec[0] else ())

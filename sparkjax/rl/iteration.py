@@ -243,15 +243,13 @@ def _pinned(fn, state_sharding, n_row_args: int, with_ref: bool = True):
   """jit `fn(state, [ref_params,] *row_args)` with state donated. With `state_sharding` (a TrainState of
   NamedShardings) given, the state and the reference params keep the state's / params' shardings, every row argument
   (an array or a dict of arrays, rows first) is split over the data axes, and the outputs are (state, replicated
-  metrics), so each call compiles for the layout the pipeline chose rather than whatever its inputs carried."""
-  if state_sharding is None:
-    return jax.jit(fn, donate_argnums=0)
+  metrics) (`sharding.jit_sharded`)."""
   from sparkjax import sharding
 
-  mesh = jax.tree.leaves(state_sharding)[0].mesh
-  rows = sharding.batch_sharding(mesh, 1)  # a 1-d spec shards dim 0 of any rank
-  ins = (state_sharding,) + ((state_sharding.params,) if with_ref else ()) + (rows,) * n_row_args
-  return jax.jit(fn, in_shardings=ins, out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  mesh = None if state_sharding is None else jax.tree.leaves(state_sharding)[0].mesh
+  ref = (state_sharding.params,) if with_ref and state_sharding is not None else ()
+  ins = (state_sharding,) + ref + (sharding.ROWS,) * n_row_args
+  return sharding.jit_sharded(fn, mesh, ins, (state_sharding, sharding.REPLICATED), donate_argnums=0)
 
 
 def make_iteration(cfg, settings, tx, reward_fn, schedule=None, state_sharding=None):

@@ -63,12 +63,12 @@ def sft_step(state: TrainState, batch: dict, *, cfg: ModelConfig, tx: optax.Grad
 def make_sft_step(cfg: ModelConfig, tx, schedule=None, accum: int = 1, state_sharding=None, batch_sharding=None):
   """`sft_step` jitted once with the state donated; with shardings given, inputs and outputs are pinned to them
   (metrics replicated) instead of following whatever the inputs carry."""
+  from sparkjax import sharding
+
   fn = functools.partial(sft_step, cfg=cfg, tx=tx, schedule=schedule, accum=accum)
-  if state_sharding is None:
-    return jax.jit(fn, donate_argnums=0)
-  replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-  return jax.jit(fn, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated),
-                 donate_argnums=0)
+  mesh = None if state_sharding is None else batch_sharding.mesh
+  return sharding.jit_sharded(fn, mesh, (state_sharding, batch_sharding), (state_sharding, sharding.REPLICATED),
+                              donate_argnums=0)
 
 
 def pad_examples(prompts: list[list[int]], targets: list[list[int]], pad_id: int, length: int | None = None):
