@@ -43,7 +43,8 @@ def get_config(arg=None):
   #    task per batch, padded to that task's longest row (a verification row is ~half a merge row; ~1.6x fewer tokens).
   #    Fragile: from the generator of the first run with the held-out split it learnt to write the correct step
   #    instead of restating the student's (sampled step accuracy 0.45; README, SPARK-PRM section).
-  c.verifier = ml_collections.ConfigDict(dict(steps=1000, batch_size=64, eps=arg.eps, p_error=0.5, by_task=True))
+  c.verifier = ml_collections.ConfigDict(dict(steps=1000, batch_size=64, eps=arg.eps, p_error=0.5, by_task=True,
+                                              verify_first=0))
   c.verifier.optimizer = optimizer_config(3e-3, 1000, warmup_steps=20, schedule="cosine")
 
   # 3. Stage I.

@@ -90,12 +90,14 @@ def test_more_bad_fields(tmp_path, override, needles):
   _user_error(_run("sparkjax.main", f"--config={ARITH}:runlocal", override, f"--workdir={tmp_path / 'w'}"), *needles)
 
 
-@pytest.mark.parametrize("override,needles", [
-    ("--config.stage2.format_steps.disc=0", ["stage2.format_steps.disc=0", "steps >= 1"]),
-    ("--config.world.heldout_every=0", ["world.heldout_every=0"]),  # no held-out problems: refused
+@pytest.mark.parametrize("overrides,needles", [
+    (["--config.stage2.format_steps.disc=0"], ["stage2.format_steps.disc=0", "steps >= 1"]),
+    (["--config.world.heldout_every=0"], ["world.heldout_every=0"]),  # no held-out problems: refused
+    (["--config.verifier.by_task=False", "--config.verifier.verify_first=5"],
+     ["verifier.verify_first=5", "needs verifier.by_task=True"]),
 ])
-def test_spark_prm_fields(tmp_path, override, needles):
-  r = _run("sparkjax.main", f"--config={ROOT / 'configs' / 'spark_prm.py'}:runlocal", override,
+def test_spark_prm_fields(tmp_path, overrides, needles):
+  r = _run("sparkjax.main", f"--config={ROOT / 'configs' / 'spark_prm.py'}:runlocal", *overrides,
            f"--workdir={tmp_path / 'w'}")
   _user_error(r, *needles)
   assert not (tmp_path / "w").exists()

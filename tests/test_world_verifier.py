@@ -291,6 +291,14 @@ def test_dataset_by_task_pads_each_batch_to_its_task(enc, tok):
       n = int(mask.sum())
       assert tokens[n - 1] == tok.eos_token_id and loss[n - 1] == 1
   assert seen == set(W.TASKS)
+  # verify_first: the first batches are the verify task only, the later ones exactly those of the plain mix.
+  first = _batches(enc, 24, seed=5, global_batch=4, eps=0.1, by_task=True, verify_first=10)
+  assert [lengths[b["tokens"].shape[1]] for b in first[:10]] == ["verify"] * 10
+  assert any(lengths[b["tokens"].shape[1]] != "verify" for b in batches[:10])  # so the line above can fail
+  for a, b in zip(first[10:], batches[10:]):
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+  with pytest.raises(ValueError, match="verify_first=3 needs by_task"):
+    W.verifier_dataset(enc, 5, 4, 0.1, verify_first=3)
   parts = [_batches(enc, 3, seed=5, global_batch=4, eps=0.1, by_task=True, process_index=p, process_count=2)
            for p in range(2)]
   for step in range(3):

@@ -56,6 +56,9 @@ def check_config(ch: config_check.Checks):
   arith_rl.check_sft(ch, "verifier", mesh, accum=False)
   ch.float_range("verifier.eps", 0.0, 1.0)
   ch.boolean("verifier.by_task", optional=True)
+  if ch.int_range("verifier.verify_first", 0, optional=True) and ch.get("verifier.verify_first", None) and not \
+      ch.get("verifier.by_task", False):
+    ch.fail("verifier.verify_first", ch.get("verifier.verify_first"), "needs verifier.by_task=True")
   for k in ("problems", "m", "rows"):
     ch.int_range(f"stage1.{k}", 1)
   ch.int_range("stage1.balance_per_side", 0)
@@ -101,7 +104,7 @@ def train_verifier(config, workdir: Path, cfg, tokenizer, world, init_params, wr
   encoder = wv.VerifierEncoder(world, tokenizer)
   data = wv.verifier_dataset(encoder, config.data.verifier_seed, c.batch_size, c.eps, p_error=c.p_error,
                              process_index=jax.process_index(), process_count=jax.process_count(),
-                             by_task=c.get("by_task", False))
+                             by_task=c.get("by_task", False), verify_first=c.get("verify_first", 0))
   it = iter(data)
   state = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed + 2), out_shardings=place.state(tx))(
       init_params)

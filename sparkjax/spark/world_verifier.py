@@ -366,7 +366,8 @@ def _check_mix(mix: Mapping[str, float]) -> np.ndarray:
 
 def verifier_dataset(encoder: VerifierEncoder, seed: int, global_batch: int, eps: float, p_error: float = 0.5,
                      mix: Mapping[str, float] = DEFAULT_MIX, process_index: int = 0, process_count: int = 1,
-                     critiqued_eps: float | None = None, by_task: bool = False) -> grain.IterDataset:
+                     critiqued_eps: float | None = None, by_task: bool = False,
+                     verify_first: int = 0) -> grain.IterDataset:
   """An endless, batched SFT stream of teacher transcripts: this process's rows of each global batch.
 
   Example i is a deterministic function of (seed, i): problem `arith.problem_at(seed, i)`, then from
@@ -379,6 +380,9 @@ def verifier_dataset(encoder: VerifierEncoder, seed: int, global_batch: int, eps
     padded to that task's longest example (`task_len`) instead of the longest of all tasks (`seq_len`): a
     verification row is about half as long as a merge row, so training costs about half as much per example, at
     the price of one compiled step per task.
+  verify_first: with by_task, global batches 0 .. verify_first - 1 hold the verify task only (a curriculum: the
+    verifier learns to restate and check the student's steps before the reference, critique and merge tasks; with
+    the full mix from the start it can learn to write the correct step instead of the student's, README).
 
   Returns:
     A `grain.IterDataset` of dicts tokens [B/P, L] int32, loss_mask [B/P, L] float32, mask [B/P, L] bool, with
@@ -392,6 +396,8 @@ def verifier_dataset(encoder: VerifierEncoder, seed: int, global_batch: int, eps
   probs = _check_mix(mix)
   if global_batch < 1:
     raise ValueError(f"global batch {global_batch} must be >= 1")
+  if verify_first and not by_task:
+    raise ValueError(f"verify_first={verify_first} needs by_task=True (a batch's task is drawn per batch)")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
   if global_batch % process_count:
@@ -410,6 +416,8 @@ def verifier_dataset(encoder: VerifierEncoder, seed: int, global_batch: int, eps
 
   def batch(b: int) -> dict:
     task = TASKS[int(np.random.default_rng([seed, b, 3]).choice(len(TASKS), p=probs))] if by_task else None
+    if b < verify_first:
+      task = "verify"
     rows = [example(b * global_batch + process_index * local + j, task) for j in range(local)]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
