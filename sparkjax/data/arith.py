@@ -149,8 +149,8 @@ def split_of(problem: Problem, world: WorldConfig) -> str:
 def problem_at(seed: int, index: int, world: WorldConfig, split: str = "train") -> Problem:
   """Problem number `index` of the stream `seed` in `split`: deterministic, so datasets are index-addressable.
 
-  Draws from rng [seed, index], then [seed, index, _REDRAW, k] for k = 1, 2, ... until the problem is in `split` (with no
-  held-out split, the first draw is every stream's problem, as before the split existed).
+  Draws from rng [seed, index], then [seed, index, _REDRAW, k] for k = 1, 2, ... until the problem is in `split`
+  (with no held-out split, the first draw is every stream's problem, as before the split existed).
   """
   if split not in SPLITS:
     raise ValueError(f"split={split!r}: expected one of {', '.join(SPLITS)}")

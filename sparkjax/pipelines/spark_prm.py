@@ -56,9 +56,10 @@ def check_config(ch: config_check.Checks):
   arith_rl.check_sft(ch, "verifier", mesh, accum=False)
   ch.float_range("verifier.eps", 0.0, 1.0)
   ch.boolean("verifier.by_task", optional=True)
-  if ch.int_range("verifier.verify_first", 0, optional=True) and ch.get("verifier.verify_first", None) and not \
-      ch.get("verifier.by_task", False):
-    ch.fail("verifier.verify_first", ch.get("verifier.verify_first"), "needs verifier.by_task=True")
+  ch.int_range("verifier.verify_first", 0, optional=True)
+  verify_first = ch.get("verifier.verify_first", None)
+  if verify_first and not ch.get("verifier.by_task", False):
+    ch.fail("verifier.verify_first", verify_first, "needs verifier.by_task=True")
   for k in ("problems", "m", "rows"):
     ch.int_range(f"stage1.{k}", 1)
   ch.int_range("stage1.balance_per_side", 0)
@@ -186,6 +187,11 @@ def quality(items, steps_list, finals) -> dict:
               processbench=pb)
 
 
+def stage1_problems(config, world) -> list[arith.Problem]:
+  """Stage I's unlabelled problems (the training split of stream `data.stage1_seed`)."""
+  return [arith.problem_at(config.data.stage1_seed, i, world) for i in range(config.stage1.problems)]
+
+
 def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> tuple[dict, dict]:
   """Stage I on unlabelled problems -> (dataset paths by variant, verifier quality table). `target_len`: the longest
   verification (tokens, eos included), the generation budget when `stage1.verify.max_new_tokens` is 0."""
@@ -196,7 +202,7 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
     common.say(f"stage I: found {out_dir}, skipping")
     return {v: out_dir / f"{v}.jsonl" for v in DATA_VARIANTS}, json.loads(done.read_text())
   world = arith.WorldConfig(**config.world)
-  problems = [arith.problem_at(config.data.stage1_seed, i, world) for i in range(c.problems)]
+  problems = stage1_problems(config, world)
   k_gen, k_ver, k_ref, k_mc1, k_mc2 = jax.random.split(key, 5)
   items, owner, unreadable, parsed = solutions(generator, problems, c.m, c.generate, k_gen, "s")
   if c.balance_per_side:
@@ -273,10 +279,10 @@ def heldout(config, generator, key) -> list[verify_lib.Item]:
 
 def heldout_summary(config, world, items) -> dict:
   """Sizes of the held-out set, and how many of its distinct problems Stage I drew (0 by construction, counted)."""
-  stage1_problems = {arith.problem_at(config.data.stage1_seed, i, world).text() for i in range(config.stage1.problems)}
+  seen = {p.text() for p in stage1_problems(config, world)}
   problems = {it.problem for it in items}
   return dict(solutions=len(items), with_error=sum(not it.gold_final for it in items), distinct_problems=len(problems),
-              distinct_problems_in_stage1=len(problems & stage1_problems))
+              distinct_problems_in_stage1=len(problems & seen))
 
 
 def score_prm(params, cfg, tokenizer, fmt: str, items, max_new_tokens: int, batch: int) -> tuple[dict, list]:

@@ -415,9 +415,10 @@ def verifier_dataset(encoder: VerifierEncoder, seed: int, global_batch: int, eps
     return encoder.example(task, **teach_example(task, problem, solution, rng, eps, critiqued_eps), length=length)
 
   def batch(b: int) -> dict:
-    task = TASKS[int(np.random.default_rng([seed, b, 3]).choice(len(TASKS), p=probs))] if by_task else None
-    if b < verify_first:
-      task = "verify"
+    task = None
+    if by_task:
+      drawn = TASKS[int(np.random.default_rng([seed, b, 3]).choice(len(TASKS), p=probs))]
+      task = "verify" if b < verify_first else drawn
     rows = [example(b * global_batch + process_index * local + j, task) for j in range(local)]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
