@@ -57,13 +57,17 @@ def test_iteration_equals_step_by_step(setup):
   s1, m1 = rl.make_update(cfg, settings, tx, schedule)(state_copy, ref, manual)
 
   # One jitted call.
-  s2, m2 = rl.make_iteration(cfg, settings, tx, reward_fn, schedule)(state, ref, batch["prompt"],
-                                                                     batch["prompt_mask"], batch["target"])
+  s2, m2, roll = rl.make_iteration(cfg, settings, tx, rl.rule_reward(reward_fn), schedule)(
+      state, ref, None, batch["prompt"], batch["prompt_mask"], batch["target"])
   assert int(s1.step) == int(s2.step) == 2
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), s1.params,
                s2.params)
   assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), abs=1e-6)
   assert float(m2["reward_mean"]) == pytest.approx(float(rewards.mean()))
+  # The returned rollout is the one the update used.
+  np.testing.assert_array_equal(np.asarray(roll.tokens), np.asarray(out.tokens))
+  np.testing.assert_array_equal(np.asarray(roll.scores["rewards"]), np.asarray(rewards))
+  np.testing.assert_array_equal(np.asarray(roll.advantages), np.asarray(adv))
   # mu=2: the first update is on-policy, so the importance ratio is ~1 (sampler vs. training log-probs).
   assert float(m2["ratio"]) == pytest.approx(1.0, abs=1e-4)
 
@@ -73,13 +77,14 @@ def test_iteration_does_not_retrace(setup):
   settings = _settings(enc)
   traces = []
   fn = jax.jit(lambda *a: (traces.append(1), rl.iteration(*a, cfg=cfg, settings=settings, tx=tx,
-                                                          reward_fn=reward_fn))[1], donate_argnums=0)
+                                                          reward_fn=rl.rule_reward(reward_fn)))[1],
+               donate_argnums=0)
   params = transformer.init_params(cfg, jax.random.key(0), std=0.1)
   state = state_lib.create_state(jax.tree.map(jnp.copy, params), tx, seed=0)  # the state is donated
   it = iter(world_data.world_dataset(enc, 0, 4, "rl"))
   for _ in range(3):
     b = next(it)
-    state, _ = fn(state, params, b["prompt"], b["prompt_mask"], b["target"])
+    state, _, _ = fn(state, params, None, b["prompt"], b["prompt_mask"], b["target"])
   assert len(traces) == 1 and int(state.step) == 3
 
 
@@ -92,12 +97,12 @@ def test_iteration_learns_a_fixed_preference():
   sp = sampling.SamplingParams(max_new_tokens=3, temperature=1.0, num_samples=8)
   settings = rl.GRPOSettings(sampling=sp)
   reward_fn = lambda tokens, lengths, finished, targets: (tokens[:, 0] == targets).astype(jnp.float32)
-  step = rl.make_iteration(cfg, settings, tx, reward_fn)
+  step = rl.make_iteration(cfg, settings, tx, rl.rule_reward(reward_fn))
   state = state_lib.create_state(transformer.init_params(cfg, jax.random.key(1)), tx, seed=1)
   prompts, mask = jnp.ones((4, 2), jnp.int32), jnp.ones((4, 2), bool)
   rewards = []
   for _ in range(15):
-    state, m = step(state, None, prompts, mask, jnp.full((4,), 7))
+    state, m, _ = step(state, None, None, prompts, mask, jnp.full((4,), 7))
     rewards.append(float(m["reward_mean"]))
   assert np.mean(rewards[:3]) < 0.3 and np.mean(rewards[-3:]) > 0.8, rewards
 
@@ -190,13 +195,13 @@ def test_host_reward_split_matches_device_reward(setup, mesh_shape):
                                          mesh)
     params = jax.device_put(params, state_sh.params)
     ref = jax.device_put(ref, state_sh.params)
-  dev = rl.make_iteration(cfg, settings, tx, reward_fn, schedule)
+  dev = rl.make_iteration(cfg, settings, tx, rl.rule_reward(reward_fn), schedule, state_sh)
   golds = lambda targets: [tok.decode([int(t)]) for t in targets]
   host = HostRewardIteration(cfg, settings, tx, schedule, tok.decode, golds, "world", workers=1,
                              state_sharding=state_sh)
   try:
-    s_host, m_host = host(state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0), ref, batch["prompt"],
-                          batch["prompt_mask"], targets)
+    s_host, m_host, r_host = host(state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0), ref, None,
+                                  batch["prompt"], batch["prompt_mask"], targets)
   finally:
     host.close()
   state = state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0)
@@ -204,10 +209,13 @@ def test_host_reward_split_matches_device_reward(setup, mesh_shape):
   out = rl.make_rollout(cfg, settings)(state.params, batch["prompt"], batch["prompt_mask"], state.key())
   rewards = np.asarray(reward_fn(out.tokens, out.lengths, out.finished, jnp.repeat(targets, 4)))
   adv = np.asarray(grpo.grpo_advantages(jnp.asarray(rewards), 4))
-  s_dev, m_dev = dev(state, ref, batch["prompt"], batch["prompt_mask"], targets)
+  s_dev, m_dev, r_dev = dev(state, ref, None, batch["prompt"], batch["prompt_mask"], targets)
   assert 0 < rewards.sum() < len(rewards) and np.abs(adv).max() > 0.5, (rewards, adv)
   assert float(m_host["reward_mean"]) == float(m_dev["reward_mean"]) == rewards.mean()
   assert int(m_host["grader_timeouts"]) == 0 and int(m_host["grader_errors"]) == 0
+  for a, b in ((r_host.scores["rewards"], rewards), (r_dev.scores["rewards"], rewards), (r_host.advantages, adv),
+               (r_dev.advantages, adv)):
+    np.testing.assert_allclose(np.asarray(a), b, atol=1e-6)
   # Zero advantages would leave every weight where it was (one Adam step on a zero gradient, no weight decay).
   assert not np.array_equal(np.asarray(s_dev.params["lm_head"]), np.asarray(params["lm_head"]))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6 if not mesh_shape
@@ -303,3 +311,101 @@ def test_microbatch_and_chunk_settings_are_checked(setup):
     rl.policy_update(fresh(), params, upd, cfg=cfg, settings=_settings(enc, num_microbatches=3), tx=tx)
   with pytest.raises(ValueError, match="logprob_chunk=4 does not divide the 6 completion positions"):
     rl.policy_update(fresh(), params, upd, cfg=cfg, settings=_settings(enc, logprob_chunk=4), tx=tx)
+
+
+def test_scorer_params_are_an_argument_of_the_iteration(setup):
+  """A scorer with parameters (here a per-token bonus table standing in for a reward model) is data: new values give
+  new rewards from the same compiled program, and `score_with_policy` hands the scorer the policy's weights."""
+  tok, enc, cfg, tx, schedule, _, batch = setup
+  settings = _settings(enc)
+  traces = []
+
+  def reward_fn(table, out, targets):
+    traces.append(1)
+    first = out.tokens[:, 0]
+    return dict(rewards=table[first], first_token=first)
+
+  step = rl.make_iteration(cfg, settings, tx, reward_fn, schedule)
+  params = transformer.init_params(cfg, jax.random.key(0), std=0.1)
+  fresh = lambda: state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0)
+  V = cfg.vocab_size
+  args = (params, batch["prompt"], batch["prompt_mask"], batch["target"])
+  _, m0, r0 = step(fresh(), args[0], jnp.zeros(V), *args[1:])
+  _, m1, r1 = step(fresh(), args[0], jnp.arange(V, dtype=jnp.float32), *args[1:])
+  assert len(traces) == 1  # one trace: the table is an argument, not a constant
+  np.testing.assert_array_equal(np.asarray(r0.tokens), np.asarray(r1.tokens))  # same key, same rollout
+  np.testing.assert_array_equal(np.asarray(r1.scores["rewards"]), np.asarray(r1.tokens[:, 0], np.float32))
+  assert float(m0["reward_mean"]) == 0.0
+  assert float(m1["reward_mean"]) == pytest.approx(float(np.asarray(r1.tokens[:, 0]).mean()))
+  assert float(m1["score_first_token"]) == pytest.approx(float(m1["reward_mean"]))
+
+  seen = []
+  by_policy = rl.make_iteration(cfg, settings, tx, lambda p, out, t: (seen.append(jax.tree.structure(p)),
+                                                                      dict(rewards=jnp.zeros(t.shape)))[1],
+                                schedule, score_with_policy=True)
+  by_policy(fresh(), *args[:1], None, *args[1:])
+  assert seen == [jax.tree.structure(params)]
+
+
+def test_scores_are_checked(setup):
+  tok, enc, cfg, tx, schedule, _, batch = setup
+  params = transformer.init_params(cfg, jax.random.key(0), std=0.1)
+  state = state_lib.create_state(params, tx, 0)
+  for bad, match in ((lambda p, out, t: out.lengths, "must return a dict with 'rewards'"),
+                     (lambda p, out, t: dict(rewards=t, extra=jnp.zeros(3)), r"scores\['extra'\] has shape \(3,\)")):
+    with pytest.raises((TypeError, ValueError), match=match):
+      rl.iteration(state, params, None, batch["prompt"], batch["prompt_mask"], batch["target"], cfg=cfg,
+                   settings=_settings(enc), tx=tx, reward_fn=bad)
+
+
+def test_grpo_loop_counts_its_own_iterations(tmp_path):
+  """The loop resumes from the iteration count its checkpoint stores, not from the optimizer step: here each
+  iteration makes three optimizer updates (as a policy update plus judge updates would), so step // mu is wrong."""
+  from sparkjax.rl import loop as rl_loop
+  from sparkjax.train import metrics as metrics_lib
+  from sparkjax.train.checkpoint import Checkpointer
+
+  class Batches:
+    def __init__(self):
+      self.i = 0
+
+    def __next__(self):
+      self.i += 1
+      return dict(prompt=np.full((2, 3), self.i), prompt_mask=np.ones((2, 3), bool), target=np.zeros(2, np.int32))
+
+    def get_state(self):
+      return dict(i=self.i)
+
+    def set_state(self, s):
+      self.i = s["i"]
+
+  class Place:
+    def batch(self, local, what):
+      return {k: jnp.asarray(v) for k, v in local.items()}
+
+  calls = []
+
+  def iterate(state, ref, scorer, prompt, mask, target):
+    calls.append(int(prompt[0, 0]))
+    m = dict(reward_mean=jnp.float32(1.0), kl=jnp.float32(0.0), generated_tokens=jnp.float32(4.0),
+             loss=jnp.float32(0.5))
+    return state.replace(step=state.step + 3), m, None
+
+  tx = state_lib.make_optimizer(ml_collections.ConfigDict(dict(
+      lr=1e-2, total_steps=10, warmup_steps=0, schedule="constant", b1=0.9, b2=0.99, weight_decay=0.0,
+      grad_clip=0.0)))[0]
+  fresh = lambda: state_lib.create_state(dict(w=jnp.zeros(2)), tx, 0)
+  evals = []
+  kw = dict(ref_params=None, writer=metrics_lib.Writer(tmp_path / "tb", enabled=False), place=Place(),
+            checkpoint_every=2, rollouts_per_iteration=2, what="batch",
+            evaluate=lambda i, p: evals.append(i) or dict(i=i), eval_every=2)
+  ckpt = Checkpointer(tmp_path / "ck")
+  r = rl_loop.run_grpo(iterate, fresh(), Batches(), iterations=2, ckpt=ckpt, **kw)
+  ckpt.close()
+  assert (r.iterations, int(r.state.step), calls, evals) == (2, 6, [1, 2], [2])
+  ckpt = Checkpointer(tmp_path / "ck")
+  r = rl_loop.run_grpo(iterate, fresh(), Batches(), iterations=5, ckpt=ckpt, **kw)
+  ckpt.close()
+  # Resumed after iteration 2 (not 6 // mu), with the data iterator where it stopped.
+  assert (r.iterations, int(r.state.step), calls, evals) == (5, 15, [1, 2, 3, 4, 5], [2, 4, 5])
+  assert sorted(r.history, key=int) == ["2", "4", "5"] and r.final_metrics["reward_mean"] == 1.0

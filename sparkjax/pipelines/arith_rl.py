@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from sparkjax import cli, config_check, distributed, sampling
+from sparkjax import config_check, distributed, sampling
 from sparkjax.data import arith, world_data
 from sparkjax.data.grading import make_suffix_reward
 from sparkjax.data.host_grading import GRADERS
@@ -21,6 +21,7 @@ from sparkjax.models import transformer
 from sparkjax.models.config import ModelConfig
 from sparkjax.pipelines import common
 from sparkjax.rl import iteration as rl_iteration
+from sparkjax.rl import loop as rl_loop
 from sparkjax.rl.host_reward import HostRewardIteration
 from sparkjax.train import metrics as metrics_lib
 from sparkjax.train import sft, state as state_lib
@@ -136,49 +137,34 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
   ref_params = sft_params
   # A fresh copy of the SFT params (the reference stays), created on the state's shardings.
   state = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed + 1), out_shardings=place.state(tx))(sft_params)
-  history, final = {}, {}
-  resumed = ckpt.resume(state, it.set_state, common.say)
-  if resumed is not None:
-    state, extra = resumed
-    history, final = extra.get("history", {}), extra.get("final_metrics", {})
-    common.say(f"rl: resumed from iteration {int(state.step) // c.mu}")
   if c.reward == "device":
-    iterate = rl_iteration.make_iteration(cfg, settings, tx, reward_fn, schedule, place.state(tx))
+    iterate = rl_iteration.make_iteration(cfg, settings, tx, rl_iteration.rule_reward(reward_fn), schedule,
+                                          place.state(tx))
   elif c.reward == "host":
     golds = lambda targets: [tokenizer.decode([int(t)]) for t in targets]  # a target is the answer's token id
     iterate = HostRewardIteration(cfg, settings, tx, schedule, tokenizer.decode, golds, c.host_grader,
                                   state_sharding=place.state(tx))
   else:
     raise ValueError(f"config rl.reward={c.reward!r}: expected 'device' or 'host'")
-  loop = metrics_lib.MetricsLoop(writer, "rl/", derive=common.rl_throughput(c.batch_size))
-  start = int(state.step) // c.mu
-  bar = cli.Progress(range(start, c.iterations), initial=start, total=c.iterations, desc="grpo",
-                     disable=jax.process_index() != 0 or start >= c.iterations)
-  t_last = time.time()
-  for i in bar:
-    batch = place.batch(next(it), "rl.batch_size / rl.group_size (prompts per iteration)")
-    state, m = iterate(state, ref_params, batch["prompt"], batch["prompt_mask"], batch["target"])
-    now = time.time()
-    host = loop.push(i, m, dict(iteration_seconds=now - t_last))
-    t_last = now
-    if host:
-      bar.set_postfix(reward=f"{host['reward_mean']:.3f}", kl=f"{host['kl']:.4f}")
-    last = i + 1 == c.iterations
-    if (i + 1) % c.eval_every == 0 or last:
-      acc, greedy_acc, tokens = evaluate(state.params)
-      history[str(i + 1)] = dict(accuracy=float(acc), greedy_accuracy=float(greedy_acc))
-      writer.scalars(i + 1, dict(heldout_accuracy=float(acc), heldout_greedy_accuracy=float(greedy_acc)), "eval/")
-      writer.text(i + 1, "eval/samples", common.decode_samples(tokenizer, common.host(tokens)))
-      common.say(f"grpo iteration {i + 1}: held-out accuracy {float(acc):.3f} (sampled), "
-                 f"{float(greedy_acc):.3f} (greedy)")
-    if (i + 1) % config.checkpoint.every == 0 or last:
-      loop.flush()
-      ckpt.save(i + 1, state, common.data_state(it), dict(history=history, final_metrics=loop.last))
-  final = loop.flush() or loop.last or final  # a finished run restarted keeps the metrics its checkpoint holds
-  ckpt.close()
-  if isinstance(iterate, HostRewardIteration):
-    iterate.close()
-  return dict(history=history, final_metrics=final)
+
+  def run_eval(i, params):
+    acc, greedy_acc, tokens = evaluate(params)
+    writer.scalars(i, dict(heldout_accuracy=float(acc), heldout_greedy_accuracy=float(greedy_acc)), "eval/")
+    writer.text(i, "eval/samples", common.decode_samples(tokenizer, common.host(tokens)))
+    common.say(f"grpo iteration {i}: held-out accuracy {float(acc):.3f} (sampled), {float(greedy_acc):.3f} (greedy)")
+    return dict(accuracy=float(acc), greedy_accuracy=float(greedy_acc))
+
+  try:
+    result = rl_loop.run_grpo(iterate, state, it, iterations=c.iterations, ref_params=ref_params, ckpt=ckpt,
+                              writer=writer, place=place, checkpoint_every=config.checkpoint.every,
+                              rollouts_per_iteration=c.batch_size,
+                              what="rl.batch_size / rl.group_size (prompts per iteration)", evaluate=run_eval,
+                              eval_every=c.eval_every)
+  finally:
+    ckpt.close()
+    if isinstance(iterate, HostRewardIteration):
+      iterate.close()
+  return dict(history=result.history, final_metrics=result.final_metrics)
 
 
 def run(config, workdir: str) -> dict:

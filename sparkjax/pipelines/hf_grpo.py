@@ -9,11 +9,10 @@ iterator) resume exactly; the final policy is written as a HF directory (`WORKDI
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import jax
-from sparkjax import cli, config_check, distributed, sampling
+from sparkjax import config_check, distributed, sampling
 from sparkjax.data import math as math_data
 from sparkjax.data.host_grading import GraderPool
 from sparkjax.models import hf
@@ -21,6 +20,7 @@ from sparkjax.models import tokenizer as tok_lib
 from sparkjax.models.config import ModelConfig
 from sparkjax.pipelines import common
 from sparkjax.rl import iteration as rl_iteration
+from sparkjax.rl import loop as rl_loop
 from sparkjax.rl.host_reward import HostRewardIteration
 from sparkjax.train import metrics as metrics_lib
 from sparkjax.train import state as state_lib
@@ -174,18 +174,13 @@ def run(config, workdir: str) -> dict:
   state = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed), out_shardings=state_sh)(params)
   ref_params = params  # the state holds its own copy; the loaded weights stay as the KL reference
   ckpt = Checkpointer(workdir / "checkpoints" / "rl", max_to_keep=config.checkpoint.keep)
-  history, final = {}, {}
-  resumed = ckpt.resume(state, it.set_state, common.say)
-  if resumed is not None:
-    state, extra = resumed
-    history, final = extra.get("history", {}), extra.get("final_metrics", {})
-    common.say(f"rl: resumed from iteration {int(state.step) // c.mu}")
   sp = sampling.SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
                                num_samples=c.group_size, stop_tokens=stop, pad_id=pad)
   settings = rl_iteration.GRPOSettings.from_config(c, sp)
   decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
   pool = GraderPool("math_verify", workers=config.get("grader_workers", 2), timeout=10.0)
   iterate = None
+  writer = metrics_lib.Writer(workdir / "tensorboard", enabled=distributed.is_main())
   try:
     evaluate = None
     if held_records:
@@ -193,37 +188,21 @@ def run(config, workdir: str) -> dict:
       evaluate = make_evaluator(cfg, place, tokenizer, held_records, held_prompts, P, greedy, e.batch_size, pool)
     iterate = HostRewardIteration(cfg, settings, tx, schedule, decode, golds, "math_verify",
                                   workers=config.get("grader_workers", 2), state_sharding=state_sh)
-    writer = metrics_lib.Writer(workdir / "tensorboard", enabled=distributed.is_main())
 
     def run_eval(i, params):
       acc, texts = evaluate(params)
-      history[str(i)] = dict(accuracy=acc)
       writer.scalars(i, dict(heldout_accuracy=acc), "eval/")
       writer.text(i, "eval/samples", "\n\n---\n\n".join(texts[:4]))
       common.say(f"iteration {i}: held-out greedy accuracy {acc:.3f} on {len(texts)} problems ({e.path})")
+      return dict(accuracy=acc)
 
-    start = int(state.step) // c.mu
-    if evaluate is not None and start == 0 and "0" not in history:
-      run_eval(0, state.params)
-    loop = metrics_lib.MetricsLoop(writer, "rl/", derive=common.rl_throughput(c.batch_size))
-    bar = cli.Progress(range(start, c.iterations), initial=start, total=c.iterations, desc="grpo",
-                       disable=jax.process_index() != 0 or start >= c.iterations)
-    t_last = time.time()
-    for i in bar:
-      batch = place.batch(next(it), "rl.batch_size / rl.group_size (prompts per iteration)")
-      state, m = iterate(state, ref_params, batch["prompt"], batch["prompt_mask"], batch["target"])
-      now = time.time()
-      host = loop.push(i, m, dict(iteration_seconds=now - t_last))
-      t_last = now
-      if host:
-        bar.set_postfix(reward=f"{host['reward_mean']:.3f}", kl=f"{host['kl']:.4f}")
-      last = i + 1 == c.iterations
-      if evaluate is not None and ((i + 1) % e.every == 0 or last):
-        run_eval(i + 1, state.params)
-      if (i + 1) % config.checkpoint.every == 0 or last:
-        loop.flush()
-        ckpt.save(i + 1, state, common.data_state(it), dict(history=history, final_metrics=loop.last))
-    final = loop.flush() or loop.last or final  # a finished run restarted keeps the metrics its checkpoint holds
+    result = rl_loop.run_grpo(iterate, state, it, iterations=c.iterations, ref_params=ref_params, ckpt=ckpt,
+                              writer=writer, place=place, checkpoint_every=config.checkpoint.every,
+                              rollouts_per_iteration=c.batch_size,
+                              what="rl.batch_size / rl.group_size (prompts per iteration)",
+                              evaluate=run_eval if evaluate is not None else None, eval_every=e.get("every", 1),
+                              eval_at_start=True)
+    state, history, final = result.state, result.history, result.final_metrics
   finally:
     if iterate is not None:
       iterate.close()

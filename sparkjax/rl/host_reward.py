@@ -21,7 +21,8 @@ from sparkjax.rl import iteration as rl_iteration
 
 
 class HostRewardIteration:
-  """`(state, ref_params, prompt_BP, prompt_mask_BP, targets_B) -> (state, metrics)` with a host reward.
+  """`(state, ref_params, scorer_params, prompt_BP, prompt_mask_BP, targets_B) -> (state, metrics, rollout)` with a
+  host reward: the device iteration's signature (`rl.iteration.make_iteration`); scorer_params is unused (None).
 
   golds(targets: np.ndarray [B] int) -> B gold answer strings. decode(tokens: list[int]) -> completion text.
   With `state_sharding` given, the rollout and update are pinned to it (see `rl.iteration._pinned`).
@@ -37,7 +38,7 @@ class HostRewardIteration:
     self.settings, self.decode, self.golds = settings, decode, golds
     self.pool = GraderPool(grader, workers, timeout)
 
-  def __call__(self, state, ref_params, prompt, prompt_mask, targets):
+  def __call__(self, state, ref_params, scorer_params, prompt, prompt_mask, targets):
     G = self.settings.group_size
     out = self.rollout(state.params, prompt, prompt_mask, state.key())
     # Every process grades all rows (grading is cheap next to sampling), so the rewards are the same everywhere.
@@ -55,7 +56,9 @@ class HostRewardIteration:
     state, metrics = self.update(state, ref_params, batch)
     metrics = metrics | rl_iteration.rollout_metrics(rewards, out, G) | dict(
         generated_tokens=out.lengths.sum(), grader_timeouts=graded.timeouts, grader_errors=graded.errors)
-    return state, metrics
+    rollout = rl_iteration.Rollout(prompt, prompt_mask, out.tokens, out.lengths, out.finished,
+                                   dict(rewards=rewards), adv)
+    return state, metrics, rollout
 
   def close(self):
     self.pool.close()

@@ -4,6 +4,11 @@ With a reward computable on device the whole iteration is ONE jitted function (`
 needs Python (math-verify) uses the same two halves with a host step between them: `make_rollout` (sampling) and
 `make_update` (advantages in, updated state out).
 
+The reward is a scorer `reward_fn(scorer_params, out, targets_N) -> {"rewards": [N], ...}`: its parameters (a frozen
+PRM, or nothing for a rule) are an argument of the jitted iteration with their own shardings, so a reward model is
+data, not constants baked into the program. Extra per-row entries of the dict (e.g. a PRM's verdicts) are reported as
+metrics and returned with the rollout (`Rollout`), which the iteration hands back for later stages.
+
 Shapes: B prompts, G samples each, N = B * G rows ordered b * G + g, P prompt slots (left-padded), T = max new tokens.
 """
 
@@ -13,6 +18,7 @@ import dataclasses
 import functools
 from typing import Callable
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -110,6 +116,43 @@ def completion_logprobs(params, cfg: ModelConfig, prompt_BP, prompt_mask_BP, tok
   tok = tokens_NT.reshape(N, n, chunk).swapaxes(0, 1)
   _, (logp, entropy) = jax.lax.scan(lambda _, x: (None, block(head, *x)), None, (h, tok))
   return logp.swapaxes(0, 1).reshape(N, T), entropy.swapaxes(0, 1).reshape(N, T)
+
+
+@flax.struct.dataclass
+class Rollout:
+  """What an iteration sampled and how it was scored, rows first (B prompts, N = B * G rows ordered b * G + g).
+
+  prompt, prompt_mask [B, P]; tokens [N, T]; lengths, finished [N]; scores: the scorer's dict ("rewards" [N] and
+  any other per-row arrays); advantages [N] or [N, T].
+  """
+
+  prompt: jax.Array
+  prompt_mask: jax.Array
+  tokens: jax.Array
+  lengths: jax.Array
+  finished: jax.Array
+  scores: dict
+  advantages: jax.Array
+
+
+def rule_reward(fn: Callable) -> Callable:
+  """A parameter-free rule `fn(tokens_NT, lengths_N, finished_N, targets_N) -> rewards_N` as a scorer
+  `(scorer_params, out: SampleOutput, targets_N) -> {"rewards": rewards_N}` (scorer_params unused, pass None)."""
+  def reward_fn(_, out, targets_N):
+    return dict(rewards=fn(out.tokens, out.lengths, out.finished, targets_N))
+
+  return reward_fn
+
+
+def check_scores(scores, N: int) -> dict:
+  """The scorer's dict, checked at trace time: a float "rewards" [N] and only per-row arrays beside it."""
+  if not isinstance(scores, dict) or "rewards" not in scores:
+    raise TypeError(f"reward_fn must return a dict with 'rewards' [N] (see rl.iteration.rule_reward), got "
+                    f"{type(scores).__name__}{sorted(scores) if isinstance(scores, dict) else ''}")
+  for k, v in scores.items():
+    if v.shape[:1] != (N,):
+      raise ValueError(f"reward_fn's scores[{k!r}] has shape {v.shape}: expected {N} rows first")
+  return scores | dict(rewards=scores["rewards"].astype(jnp.float32))
 
 
 def rollout(params, prompt_BP, prompt_mask_BP, key, *, cfg: ModelConfig, settings: GRPOSettings):
@@ -221,42 +264,56 @@ def rollout_metrics(rewards_N, out: sampling.SampleOutput, G: int) -> dict:
               finished_fraction=out.finished.astype(jnp.float32).mean())
 
 
-def iteration(state: TrainState, ref_params, prompt_BP, prompt_mask_BP, targets_B, *, cfg: ModelConfig,
-              settings: GRPOSettings, tx, reward_fn: Callable, schedule=None) -> tuple[TrainState, dict]:
-  """One whole GRPO iteration on device: (state, prompts, per-prompt targets) -> (state, metrics).
+def iteration(state: TrainState, ref_params, scorer_params, prompt_BP, prompt_mask_BP, targets_B, *,
+              cfg: ModelConfig, settings: GRPOSettings, tx, reward_fn: Callable, schedule=None,
+              score_with_policy: bool = False) -> tuple[TrainState, dict, Rollout]:
+  """One whole GRPO iteration on device: (state, prompts, per-prompt targets) -> (state, metrics, rollout).
 
-  reward_fn(tokens_NT, lengths_N, finished_N, targets_N) -> rewards_N must be traceable. The PRNG key is
-  fold_in(state.rng, state.step), so an iteration is a pure function of its inputs.
+  reward_fn(scorer_params, out: sampling.SampleOutput, targets_N) -> {"rewards": [N], ...} must be traceable; with
+  `score_with_policy` it gets the policy's parameters before this iteration's update instead of `scorer_params`.
+  The PRNG key is fold_in(state.rng, state.step), so an iteration is a pure function of its inputs.
   """
   G = settings.group_size
   out = rollout(state.params, prompt_BP, prompt_mask_BP, state.key(), cfg=cfg, settings=settings)
-  rewards = reward_fn(out.tokens, out.lengths, out.finished, jnp.repeat(targets_B, G, axis=0))
+  scorer = state.params if score_with_policy else scorer_params
+  scores = check_scores(reward_fn(scorer, out, jnp.repeat(targets_B, G, axis=0)), out.tokens.shape[0])
+  rewards = scores["rewards"]
   adv = grpo.ADVANTAGES[settings.advantage](rewards, G)
   batch = dict(prompt=prompt_BP, prompt_mask=prompt_mask_BP, tokens=out.tokens, lengths=out.lengths,
                old_logp=out.logprobs, advantages=adv)
   state, metrics = policy_update(state, ref_params, batch, cfg=cfg, settings=settings, tx=tx, schedule=schedule)
-  metrics = metrics | rollout_metrics(rewards, out, G) | dict(generated_tokens=out.lengths.sum())
-  return state, metrics
+  extra = {f"score_{k}": v.astype(jnp.float32).mean() for k, v in scores.items() if k != "rewards"}
+  metrics = metrics | rollout_metrics(rewards, out, G) | dict(generated_tokens=out.lengths.sum()) | extra
+  return state, metrics, Rollout(prompt_BP, prompt_mask_BP, out.tokens, out.lengths, out.finished, scores, adv)
 
 
-def _pinned(fn, state_sharding, n_row_args: int, with_ref: bool = True):
-  """jit `fn(state, [ref_params,] *row_args)` with state donated. With `state_sharding` (a TrainState of
-  NamedShardings) given, the state and the reference params keep the state's / params' shardings, every row argument
-  (an array or a dict of arrays, rows first) is split over the data axes, and the outputs are (state, replicated
-  metrics) (`sharding.jit_sharded`)."""
+def _pinned(fn, state_sharding, ins: tuple, outs: tuple):
+  """jit `fn(state, ...)` with the state donated. With `state_sharding` (a TrainState of NamedShardings) given, the
+  inputs and outputs are pinned (`sharding.jit_sharded`): "state" and "params" entries of `ins` / `outs` take the
+  state's and its params' shardings, other entries are passed through (ROWS, REPLICATED or sharding trees)."""
   from sparkjax import sharding
 
-  mesh = None if state_sharding is None else jax.tree.leaves(state_sharding)[0].mesh
-  ref = (state_sharding.params,) if with_ref and state_sharding is not None else ()
-  ins = (state_sharding,) + ref + (sharding.ROWS,) * n_row_args
-  return sharding.jit_sharded(fn, mesh, ins, (state_sharding, sharding.REPLICATED), donate_argnums=0)
+  if state_sharding is None:
+    return jax.jit(fn, donate_argnums=0)
+  mesh = jax.tree.leaves(state_sharding)[0].mesh
+  named = lambda x: state_sharding if x == "state" else state_sharding.params if x == "params" else x
+  return sharding.jit_sharded(fn, mesh, tuple(map(named, ins)), tuple(map(named, outs)), donate_argnums=0)
 
 
-def make_iteration(cfg, settings, tx, reward_fn, schedule=None, state_sharding=None):
-  """`iteration(state, ref_params, prompt_BP, prompt_mask_BP, targets_B)` jitted once, state donated; explicit
-  in/out shardings when `state_sharding` is given (see `_pinned`)."""
-  fn = functools.partial(iteration, cfg=cfg, settings=settings, tx=tx, reward_fn=reward_fn, schedule=schedule)
-  return _pinned(fn, state_sharding, 3)
+def make_iteration(cfg, settings, tx, reward_fn, schedule=None, state_sharding=None, scorer_sharding=None,
+                   score_with_policy: bool = False):
+  """`iteration(state, ref_params, scorer_params, prompt_BP, prompt_mask_BP, targets_B) -> (state, metrics,
+  rollout)` jitted once, state donated. With `state_sharding` given every input and output is pinned: the scorer's
+  parameters to `scorer_sharding` (a tree of NamedShardings; default replicated), prompts, targets and the returned
+  rollout split over the data axes, metrics replicated."""
+  from sparkjax import sharding
+
+  fn = functools.partial(iteration, cfg=cfg, settings=settings, tx=tx, reward_fn=reward_fn, schedule=schedule,
+                         score_with_policy=score_with_policy)
+  scorer = sharding.REPLICATED if scorer_sharding is None else scorer_sharding
+  rows = sharding.ROWS
+  return _pinned(fn, state_sharding, ("state", "params", scorer, rows, rows, rows),
+                 ("state", sharding.REPLICATED, rows))
 
 
 def make_rollout(cfg, settings, param_shardings=None, mesh=None):
@@ -267,5 +324,7 @@ def make_rollout(cfg, settings, param_shardings=None, mesh=None):
 def make_update(cfg, settings, tx, schedule=None, state_sharding=None):
   """`policy_update(state, ref_params, batch)` jitted once, state donated; explicit in/out shardings when
   `state_sharding` is given (batch rows split over the data axes)."""
+  from sparkjax import sharding
+
   fn = functools.partial(policy_update, cfg=cfg, settings=settings, tx=tx, schedule=schedule)
-  return _pinned(fn, state_sharding, 1)
+  return _pinned(fn, state_sharding, ("state", "params", sharding.ROWS), ("state", sharding.REPLICATED))

@@ -420,9 +420,10 @@ def plan_compiled(job: Job, acc: Accelerator, devices, method: str, programs=("s
                         err, secs, args, acc, "activations (remat), attention scores, logits blocks, gradients"))
 
   if "iteration" in programs:
-    reward = lambda tokens, lengths, finished, targets: finished.astype(jnp.float32)
+    reward = rl.rule_reward(lambda tokens, lengths, finished, targets: finished.astype(jnp.float32))
     fn = rl.make_iteration(cfg, s, x["tx"], reward, x["schedule"], state_sh)
-    compiled, secs, err = _compile(fn, (x["state"], x["params"], x["prompt"], x["prompt_mask"], x["targets"]))
+    compiled, secs, err = _compile(fn, (x["state"], x["params"], None, x["prompt"], x["prompt_mask"],
+                                        x["targets"]))
     args = [Part(f"parameters ({cfg.param_dtype})", params_b), Part("optimizer state", opt_b, opt_note)]
     if ref_b:
       args.append(Part(f"reference params ({cfg.param_dtype})", ref_b))
