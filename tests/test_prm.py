@@ -15,7 +15,7 @@ from sparkjax.config_args import optimizer_config
 from sparkjax.data import arith
 from sparkjax.models import transformer
 from sparkjax.models.config import ModelConfig
-from sparkjax.spark import prm
+from sparkjax.spark import prm_examples, prm_scorers, prm_train
 from sparkjax.spark import verdicts as V
 
 T, F = True, False
@@ -29,7 +29,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def ids(tok):
-  return prm.WorldVerdictTokens.from_tokenizer(tok)
+  return prm_scorers.WorldVerdictTokens.from_tokenizer(tok)
 
 
 def world_records(seed: int, n: int, p_error: float = 0.5) -> list[dict]:
@@ -73,31 +73,31 @@ HAND = dict(id="h1", problem="Start with 7, then + 5, then * 3.", steps=["7 + 5 
 
 def test_example_builders_exact_strings():
   solution = "Step 1: 7 + 5 = 12\nStep 2: 12 * 3 = 35\nAnswer: 35\n"
-  assert prm.build_example(HAND, "orm") == (
+  assert prm_examples.build_example(HAND, "orm") == (
       "Problem: Start with 7, then + 5, then * 3.\nSolution:\n" + solution + "Is the answer correct (Yes/No)?\n",
       "No")
   verify = "Problem: Start with 7, then + 5, then * 3.\nStudent Solution:\n" + solution + "Let's verify step by step.\n"
-  assert prm.build_example(HAND, "prm") == (
+  assert prm_examples.build_example(HAND, "prm") == (
       verify, "Step 1: Correct\nStep 2: Incorrect\nIs the answer correct (Yes/No)? No")
-  assert prm.build_example(HAND, "prm_cot") == (
+  assert prm_examples.build_example(HAND, "prm_cot") == (
       verify, "Step 1: 7 + 5 = 12. The step is correct.\nStep 2: 12 * 3 = 35. The step is incorrect.\n"
       "Is the answer correct (Yes/No)? No")
-  assert prm.build_prompt(HAND, "prm_cot") == verify
-  assert prm.build_example(HAND, "prm", style="llm")[0].startswith("Below are a math problem")
+  assert prm_examples.build_prompt(HAND, "prm_cot") == verify
+  assert prm_examples.build_example(HAND, "prm", style="llm")[0].startswith("Below are a math problem")
   with pytest.raises(ValueError, match="unknown generative format"):
-    prm.build_example(HAND, "disc")
+    prm_examples.build_example(HAND, "disc")
 
 
-@pytest.mark.parametrize("fmt", prm.GENERATIVE_FORMATS)
+@pytest.mark.parametrize("fmt", prm_examples.GENERATIVE_FORMATS)
 def test_encode_examples_world(tok, fmt):
   records = world_records(7, 30)
-  batch = prm.encode_examples(tok, records, fmt)
+  batch = prm_examples.encode_examples(tok, records, fmt)
   tokens, loss_mask, mask = batch["tokens"], batch["loss_mask"], batch["mask"]
   assert tokens.dtype == np.int32 and loss_mask.dtype == np.float32 and mask.dtype == bool
   assert batch["skipped"] == [] and batch["rows"].tolist() == list(range(30))
   assert not (tokens == tok.unk_token_id).any()
   for b, rec in enumerate(records):
-    prompt, target = prm.build_example(rec, fmt)
+    prompt, target = prm_examples.build_example(rec, fmt)
     p, t = tok.encode(prompt), tok.encode(target, add_special_tokens=False) + [tok.eos_token_id]
     n = len(p) + len(t)
     assert tokens[b, :n].tolist() == p + t and mask[b].tolist() == [True] * n + [False] * (tokens.shape[1] - n)
@@ -106,7 +106,7 @@ def test_encode_examples_world(tok, fmt):
   # Too long: reported with the record's id, never cut.
   lengths = mask.sum(1)
   limit = int(lengths.max()) - 1  # the longest examples no longer fit
-  short = prm.encode_examples(tok, records, fmt, length=limit)
+  short = prm_examples.encode_examples(tok, records, fmt, length=limit)
   too_long = [i for i in range(30) if lengths[i] > limit]
   assert [s["index"] for s in short["skipped"]] == too_long and too_long
   assert all(s["id"] == records[s["index"]]["id"] and f"> length {limit}" in s["reason"] for s in short["skipped"])
@@ -126,7 +126,7 @@ def test_bad_records_are_counted_with_reasons(tmp_path):
   ]
   path = tmp_path / "stage1.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in [good, *bad, good]))
-  records, report = prm.load_records(path)
+  records, report = prm_examples.load_records(path)
   assert len(records) == 2 and len(report) == 6
   assert [r["index"] for r in report] == [1, 2, 3, 4, 5, 6]
   assert [r["id"] for r in report] == ["no-rationale", "short", "str-final", "int-verdict", "no-steps", None]
@@ -137,9 +137,9 @@ def test_bad_records_are_counted_with_reasons(tmp_path):
   assert reasons[3] == "field 'verdicts' holds a non-boolean item"
   assert reasons[4] == "no steps"
   assert reasons[5] == "field 'id' is int, expected a string"
-  _, report = prm.check_records(["not a record", dict(HAND, answer=True)])
+  _, report = prm_examples.check_records(["not a record", dict(HAND, answer=True)])
   assert report[0]["reason"].startswith("expected a JSON object") and "field 'answer' is bool" in report[1]["reason"]
-  assert prm.check_records([dict(HAND, answer=35)])[1] == []  # world answers may be JSON numbers
+  assert prm_examples.check_records([dict(HAND, answer=35)])[1] == []  # world answers may be JSON numbers
 
 
 # ---- parsing -----------------------------------------------------------------------------------------------------
@@ -181,19 +181,19 @@ def test_device_parser_matches_expectations_and_host_parser(tok, ids, fmt):
   n_steps = [c[2] for c in cases]
   tokens, lengths = _generated(tok, texts, 80)
   max_steps = 4
-  dev = jax.device_get(jax.jit(lambda t, n: prm.parse_generated(t, n, ids, fmt, max_steps))(tokens, lengths))
+  dev = jax.device_get(jax.jit(lambda t, n: prm_scorers.parse_generated(t, n, ids, fmt, max_steps))(tokens, lengths))
   for b, (_, text, n, steps, final, fe) in enumerate(cases):
     assert dev["num_steps"][b] == len(steps), text
     assert dev["step_correct"][b].tolist() == steps + [F] * (max_steps - len(steps)), text
     assert dev["has_final"][b] == (final is not None) and dev["final"][b] == bool(final), text
     assert dev["first_error"][b] == next((i for i, ok in enumerate(steps) if not ok), -1), text
   expected = [c[5] for c in cases]
-  assert prm.first_error_predictions(dev, n_steps) == expected
+  assert prm_scorers.first_error_predictions(dev, n_steps) == expected
 
   # The host parser reads the same decoded outputs the same way.
-  decoded = prm.decode_outputs(tok, dict(tokens=tokens, lengths=lengths))
-  host = prm.score_texts(decoded, n_steps, fmt=fmt, max_steps=max_steps)
-  assert prm.first_error_predictions(host, n_steps) == expected
+  decoded = prm_scorers.decode_outputs(tok, dict(tokens=tokens, lengths=lengths))
+  host = prm_scorers.score_texts(decoded, n_steps, fmt=fmt, max_steps=max_steps)
+  assert prm_scorers.first_error_predictions(host, n_steps) == expected
   np.testing.assert_array_equal(host["final"], dev["final"])
   np.testing.assert_array_equal(host["has_final"], dev["has_final"])
   for b, status in enumerate(host["status"]):
@@ -208,23 +208,23 @@ def test_device_parser_reads_an_output_cut_by_max_new_tokens(tok, ids):
   full, _ = _generated(tok, [COT], 80)
   n = tok.encode(COT.split("\nIs")[0] + "\nIs the answer", add_special_tokens=False)
   cut = full[:, :len(n)]  # no eos: the sampler ran out of tokens inside the final line
-  dev = prm.parse_generated(jnp.asarray(cut), jnp.asarray([len(n)]), ids, "prm_cot", 3)
+  dev = prm_scorers.parse_generated(jnp.asarray(cut), jnp.asarray([len(n)]), ids, "prm_cot", 3)
   assert dev["step_correct"][0].tolist() == [T, F, F] and not dev["has_final"][0]
-  host = prm.score_texts([tok.decode(cut[0].tolist())], [3], fmt="prm_cot")
+  host = prm_scorers.score_texts([tok.decode(cut[0].tolist())], [3], fmt="prm_cot")
   assert host["step_correct"][0].tolist() == [T, F, F] and not host["has_final"][0]
 
 
 def test_orm_parsing_and_predictions(tok, ids):
   texts = ["Yes", "No", "Step 1 : Correct"]
   tokens, lengths = _generated(tok, texts, 6)
-  dev = jax.device_get(prm.parse_generated(jnp.asarray(tokens), jnp.asarray(lengths), ids, "orm", 4))
+  dev = jax.device_get(prm_scorers.parse_generated(jnp.asarray(tokens), jnp.asarray(lengths), ids, "orm", 4))
   assert set(dev) == {"final", "has_final"}
   assert dev["final"].tolist() == [T, F, F] and dev["has_final"].tolist() == [T, T, F]
-  host = prm.score_texts(prm.decode_outputs(tok, dict(tokens=tokens, lengths=lengths)), fmt="orm")
+  host = prm_scorers.score_texts(prm_scorers.decode_outputs(tok, dict(tokens=tokens, lengths=lengths)), fmt="orm")
   assert host["final"].tolist() == [T, F, F] and host["has_final"].tolist() == [T, T, F]
-  assert prm.first_error_predictions(dev, [3, 3, 3]) == [-1, 2, None]
+  assert prm_scorers.first_error_predictions(dev, [3, 3, 3]) == [-1, 2, None]
   with pytest.raises(ValueError, match="raise the scorer's max_steps"):
-    prm.first_error_predictions(dict(step_correct=np.ones((1, 2), bool), num_steps=np.array([2])), [3])
+    prm_scorers.first_error_predictions(dict(step_correct=np.ones((1, 2), bool), num_steps=np.array([2])), [3])
 
 
 # ---- discriminative ----------------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_orm_parsing_and_predictions(tok, ids):
 
 def test_discriminative_encoding(tok):
   rec2 = dict(HAND, id="h2", steps=["7 + 5 = 12", "12 * 3 = 36", "36 - 1 = 35"], verdicts=[T, T, F])
-  batch = prm.encode_discriminative(tok, [HAND, rec2], sep="\n")
+  batch = prm_examples.encode_discriminative(tok, [HAND, rec2], sep="\n")
   nl = tok.convert_tokens_to_ids("\n")
   tokens, sep = batch["tokens"], batch["sep_positions"]
   assert sep.dtype == np.int32 and batch["labels"].dtype == np.float32 and batch["label_mask"].dtype == bool
@@ -249,19 +249,19 @@ def test_discriminative_encoding(tok):
   assert tok.decode(tokens[1, :sep[1, 1] + 1].tolist()) == (
       "Problem : Start with 7 , then + 5 , then * 3 . \n Student Solution : \n Step 1 : 7 + 5 = 12 \n"
       " Step 2 : 12 * 3 = 36 \n")
-  short = prm.encode_discriminative(tok, [HAND, rec2], sep="\n", max_steps=2)
+  short = prm_examples.encode_discriminative(tok, [HAND, rec2], sep="\n", max_steps=2)
   assert short["rows"].tolist() == [0] and short["skipped"][0]["id"] == "h2"
   assert "3 steps > max_steps 2" in short["skipped"][0]["reason"]
   with pytest.raises(ValueError, match="not one known token"):
-    prm.encode_discriminative(tok, [HAND], sep="<nope>")
+    prm_examples.encode_discriminative(tok, [HAND], sep="<nope>")
 
 
 def test_discriminative_loss_and_scores_match_numpy(tok):
   cfg = tiny_cfg(tok)
   params = transformer.init_params(cfg, jax.random.key(3), std=0.3)
   records = world_records(11, 5)
-  batch = prm.encode_discriminative(tok, records, sep="\n", max_steps=WORLD.max_ops)
-  label_ids = prm.label_token_ids(tok)
+  batch = prm_examples.encode_discriminative(tok, records, sep="\n", max_steps=WORLD.max_ops)
+  label_ids = prm_examples.label_token_ids(tok)
   logits = np.asarray(transformer.forward(params, cfg, jnp.asarray(batch["tokens"]), None,
                                           jnp.asarray(batch["mask"])), np.float64)
   total, count, p_ref = 0.0, 0, np.zeros(batch["labels"].shape)
@@ -276,21 +276,22 @@ def test_discriminative_loss_and_scores_match_numpy(tok):
       count += 1
       p_ref[b, s] = p
   arrays = {k: jnp.asarray(batch[k]) for k in ("tokens", "mask", "sep_positions", "labels", "label_mask")}
-  loss, aux = prm.disc_loss(params, cfg, arrays, label_ids)
+  loss, aux = prm_train.disc_loss(params, cfg, arrays, label_ids)
   np.testing.assert_allclose(float(loss), total / count, rtol=1e-4)
   assert int(aux["steps"]) == count == sum(len(r["steps"]) for r in records)
   assert p_ref[batch["label_mask"]].std() > 0.1  # the probabilities differ per step: not a check of p = 0.5
 
   ps = np.sort(p_ref[batch["label_mask"]])
   threshold = float(ps[len(ps) // 2 - 1: len(ps) // 2 + 1].mean())  # between two probabilities: no float32 ties
-  scorer = prm.make_discriminative_scorer(cfg, label_ids, threshold=threshold)
+  scorer = prm_scorers.make_discriminative_scorer(cfg, label_ids, threshold=threshold)
   out = jax.device_get(scorer(params, arrays["tokens"], arrays["mask"], arrays["sep_positions"]))
   np.testing.assert_allclose(out["p_correct"], p_ref, atol=1e-5)
   ok = (p_ref >= threshold) & batch["label_mask"]
   fe = [next((s for s in range(m.sum()) if not ok[b, s]), -1) for b, m in enumerate(batch["label_mask"])]
   assert out["first_error"].tolist() == fe and out["num_steps"].tolist() == [len(r["steps"]) for r in records]
-  assert prm.first_error_predictions(out, [len(r["steps"]) for r in records]) == fe
-  preds, finals = prm.predict(params, cfg, tok, "disc", records, batch=2, threshold=threshold)  # 3 calls, last filled
+  assert prm_scorers.first_error_predictions(out, [len(r["steps"]) for r in records]) == fe
+  # 3 calls, the last filled
+  preds, finals = prm_scorers.predict(params, cfg, tok, "disc", records, batch=2, threshold=threshold)
   assert preds == fe and finals == [f == -1 for f in fe]
 
 
@@ -300,21 +301,22 @@ def test_first_error_mask_and_class_weights_match_numpy(tok):
   weight, and each class gets the weight that gives both equal totals over the steps trained on."""
   labels = np.array([[1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0]], np.float32)
   lmask = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], bool)
-  keep = prm.first_error_mask(labels, lmask)
+  keep = prm_train.first_error_mask(labels, lmask)
   assert keep.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]]
-  np.testing.assert_array_equal(np.asarray(prm.first_error_mask(jnp.asarray(labels), jnp.asarray(lmask))), keep)
-  wc, wi = prm.class_weights(labels, lmask, until_first_error=True)  # 6 correct, 4 incorrect trained on
+  np.testing.assert_array_equal(np.asarray(prm_train.first_error_mask(jnp.asarray(labels), jnp.asarray(lmask))), keep)
+  wc, wi = prm_train.class_weights(labels, lmask, until_first_error=True)  # 6 correct, 4 incorrect trained on
   np.testing.assert_allclose([wc, wi], [0.5 * 10 / 6, 0.5 * 10 / 4])
-  assert prm.class_weights(np.ones((2, 2)), np.ones((2, 2), bool)) == (1.0, 1.0)
+  assert prm_train.class_weights(np.ones((2, 2)), np.ones((2, 2), bool)) == (1.0, 1.0)
 
   cfg = tiny_cfg(tok)
   params = transformer.init_params(cfg, jax.random.key(3), std=0.3)
-  batch = prm.encode_discriminative(tok, world_records(11, 8), sep="\n", max_steps=WORLD.max_ops)
+  batch = prm_examples.encode_discriminative(tok, world_records(11, 8), sep="\n", max_steps=WORLD.max_ops)
   wrong = (batch["labels"] < 0.5) & batch["label_mask"]
   assert wrong.sum() > wrong.any(1).sum()  # some rows have propagated labels after their first error: the mask cuts
-  label_ids = prm.label_token_ids(tok)
+  label_ids = prm_examples.label_token_ids(tok)
   arrays = {k: jnp.asarray(batch[k]) for k in ("tokens", "mask", "sep_positions", "labels", "label_mask")}
-  d = np.asarray(prm.disc_margins(params, cfg, arrays["tokens"], arrays["mask"], arrays["sep_positions"], label_ids),
+  d = np.asarray(prm_scorers.disc_margins(params, cfg, arrays["tokens"], arrays["mask"], arrays["sep_positions"],
+                                          label_ids),
                  np.float64)
   w = (1.7, 0.4)
   num = den = 0.0
@@ -329,24 +331,24 @@ def test_first_error_mask_and_class_weights_match_numpy(tok):
       num -= ws * (y * np.log(p) + (1 - y) * np.log(1 - p))
       den += ws
       seen_bad = y < 0.5
-  loss, aux = prm.disc_loss(params, cfg, arrays, label_ids, weights=w, until_first_error=True)
+  loss, aux = prm_train.disc_loss(params, cfg, arrays, label_ids, weights=w, until_first_error=True)
   np.testing.assert_allclose(float(loss), num / den, rtol=1e-4)
-  assert int(aux["steps"]) == prm.first_error_mask(batch["labels"], batch["label_mask"]).sum()
+  assert int(aux["steps"]) == prm_train.first_error_mask(batch["labels"], batch["label_mask"]).sum()
   with pytest.raises(ValueError, match="apply to fmt='disc'"):
-    prm.train_prm(params, cfg, batch, "prm", optimizer_config(1e-3, 1), 1, 2, 0, balance_classes=True)
+    prm_train.train_prm(params, cfg, batch, "prm", optimizer_config(1e-3, 1), 1, 2, 0, balance_classes=True)
 
 def test_discriminative_training_lowers_the_loss(tok):
   cfg = tiny_cfg(tok)
   params = transformer.init_params(cfg, jax.random.key(0))
-  batch = prm.encode_discriminative(tok, world_records(5, 48), sep="\n")
+  batch = prm_examples.encode_discriminative(tok, world_records(5, 48), sep="\n")
   opt = optimizer_config(3e-3, 40, warmup_steps=5)
-  trained, history = prm.train_prm(params, cfg, batch, "disc", opt, steps=40, batch_size=16, seed=0, log_every=10,
-                                   label_ids=prm.label_token_ids(tok))
+  trained, history = prm_train.train_prm(params, cfg, batch, "disc", opt, steps=40, batch_size=16, seed=0, log_every=10,
+                                         label_ids=prm_examples.label_token_ids(tok))
   assert [h["step"] for h in history] == [10, 20, 30, 40]
   arrays = {k: jnp.asarray(batch[k]) for k in ("tokens", "mask", "sep_positions", "labels", "label_mask")}
-  label_ids = prm.label_token_ids(tok)
-  before = float(prm.disc_loss(params, cfg, arrays, label_ids)[0])
-  after = float(prm.disc_loss(trained, cfg, arrays, label_ids)[0])
+  label_ids = prm_examples.label_token_ids(tok)
+  before = float(prm_train.disc_loss(params, cfg, arrays, label_ids)[0])
+  after = float(prm_train.disc_loss(trained, cfg, arrays, label_ids)[0])
   y = batch["labels"][batch["label_mask"]].mean()
   prior = -(y * np.log(y) + (1 - y) * np.log(1 - y))  # the best loss that ignores the input
   print(f"disc loss: init {before:.3f}, label prior {prior:.3f}, after 40 steps {after:.3f}")
@@ -370,27 +372,27 @@ def test_generative_prm_trains_and_scores_on_device_without_retracing(tok, ids, 
   """
   cfg = tiny_cfg(tok)
   train, test = world_records(0, 200), world_records(1, 128)
-  examples = prm.encode_examples(tok, train, "prm")
+  examples = prm_examples.encode_examples(tok, train, "prm")
   steps = 200
   opt = optimizer_config(3e-3, steps, warmup_steps=20, schedule="cosine")
   t0 = time.time()
-  params, history = prm.train_prm(transformer.init_params(cfg, jax.random.key(0)), cfg, examples, "prm", opt,
-                                  steps, batch_size=32, seed=0, log_every=50)
+  params, history = prm_train.train_prm(transformer.init_params(cfg, jax.random.key(0)), cfg, examples, "prm", opt,
+                                        steps, batch_size=32, seed=0, log_every=50)
   print(f"prm training: {steps} steps in {time.time() - t0:.1f}s, final loss {history[-1]['loss']:.4f}")
   assert history[-1]["loss"] < 0.4 * history[0]["loss"]  # the verdict format is learnt (the verdicts are not)
 
   traces = []
-  real_parse = prm.parse_generated
-  monkeypatch.setattr(prm, "parse_generated", lambda *a: (traces.append(1), real_parse(*a))[1])
-  scorer = prm.make_generative_scorer(cfg, "prm", ids, max_new_tokens=5 * WORLD.max_ops + 13,
-                                      max_steps=WORLD.max_ops)
-  prompts = prm.encode_prompts(tok, test, "prm")
+  real_parse = prm_scorers.parse_generated
+  monkeypatch.setattr(prm_scorers, "parse_generated", lambda *a: (traces.append(1), real_parse(*a))[1])
+  scorer = prm_scorers.make_generative_scorer(cfg, "prm", ids, max_new_tokens=5 * WORLD.max_ops + 13,
+                                              max_steps=WORLD.max_ops)
+  prompts = prm_examples.encode_prompts(tok, test, "prm")
   scores = jax.device_get(scorer(params, prompts["prompt"], prompts["prompt_mask"]))
   scorer(params, prompts["prompt"], prompts["prompt_mask"])
   assert len(traces) == 1
 
   n_steps = [len(r["steps"]) for r in test]
-  preds = prm.first_error_predictions(scores, n_steps)
+  preds = prm_scorers.first_error_predictions(scores, n_steps)
   labels = [next((i for i, ok in enumerate(r["verdicts"]) if not ok), -1) for r in test]
   acc_err = np.mean([p == y for p, y in zip(preds, labels) if y != -1])
   acc_cor = np.mean([p == y for p, y in zip(preds, labels) if y == -1])
@@ -401,14 +403,14 @@ def test_generative_prm_trains_and_scores_on_device_without_retracing(tok, ids, 
   print(f"held-out: acc_err {acc_err:.3f} acc_cor {acc_cor:.3f} f1 {f1:.3f} step f1 {step['f1']:.3f}")
   assert sum(p is None for p in preds) <= 5
   # The decoded outputs the device parsed read the same on the host.
-  host = prm.score_texts(prm.decode_outputs(tok, scores), n_steps, fmt="prm", max_steps=WORLD.max_ops)
-  assert prm.first_error_predictions(host, n_steps) == preds
+  host = prm_scorers.score_texts(prm_scorers.decode_outputs(tok, scores), n_steps, fmt="prm", max_steps=WORLD.max_ops)
+  assert prm_scorers.first_error_predictions(host, n_steps) == preds
   # The evaluation helper (fixed-shape batches, the last one filled up) predicts the same.
   kw = dict(max_new_tokens=5 * WORLD.max_ops + 13, batch=48)
-  assert prm.predict(params, cfg, tok, "prm", test, **kw)[0] == preds
+  assert prm_scorers.predict(params, cfg, tok, "prm", test, **kw)[0] == preds
   # ... and so does its host-parsing path (taken for tokenizers whose verdicts are not single tokens).
   def multi_token(cls, tokenizer):
     raise ValueError("verdicts are not single tokens")
 
-  monkeypatch.setattr(prm.WorldVerdictTokens, "from_tokenizer", classmethod(multi_token))
-  assert prm.predict(params, cfg, tok, "prm", test, **kw)[0] == preds
+  monkeypatch.setattr(prm_scorers.WorldVerdictTokens, "from_tokenizer", classmethod(multi_token))
+  assert prm_scorers.predict(params, cfg, tok, "prm", test, **kw)[0] == preds

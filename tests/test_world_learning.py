@@ -22,7 +22,7 @@ from sparkjax.eval import processbench
 from sparkjax.models import transformer
 from sparkjax.models.config import ModelConfig
 from sparkjax.pipelines import common, spark_prm
-from sparkjax.spark import prm, stage_report
+from sparkjax.spark import prm_examples, prm_scorers, prm_train, stage_report
 from sparkjax.spark import verify as verify_lib
 from sparkjax.spark import world_verifier as wv
 from sparkjax.train import sft, state as state_lib
@@ -79,7 +79,7 @@ def _records(seed: int, n: int, kind: str, split: str = "train") -> list[dict]:
 
 
 def _pb_f1(params, cfg, tok, records) -> float:
-  preds, _ = prm.predict(params, cfg, tok, "disc", records, batch=128)
+  preds, _ = prm_scorers.predict(params, cfg, tok, "disc", records, batch=128)
   labels = [next((i for i, ok in enumerate(r["verdicts"]) if not ok), -1) for r in records]
   return processbench.score(labels, preds)["f1"]
 
@@ -94,11 +94,11 @@ def test_discriminative_prm_learns_exact_labels(tok, cfg, generator):
   1,000-step schedule (README, "what limits the world's PRMs")."""
   train, held = _records(101, 4000, None), _records(202, 300, None, "heldout")
   assert _pb_f1(generator, cfg, tok, held) < 10
-  examples = prm.encode_discriminative(tok, train)
+  examples = prm_examples.encode_discriminative(tok, train)
   steps = 400
-  params, history = prm.train_prm(generator, cfg, examples, "disc", optimizer_config(1e-3, steps, warmup_steps=20,
-                                                                                       schedule="cosine"),
-                                  steps, 256, seed=0, log_every=100, label_ids=prm.label_token_ids(tok))
+  optimizer = optimizer_config(1e-3, steps, warmup_steps=20, schedule="cosine")
+  params, history = prm_train.train_prm(generator, cfg, examples, "disc", optimizer, steps, 256, seed=0,
+                                        log_every=100, label_ids=prm_examples.label_token_ids(tok))
   f1 = _pb_f1(params, cfg, tok, held)
   print(f"disc PRM: held-out ProcessBench F1 {f1:.1f}, loss {[round(h['loss'], 3) for h in history]}")
   assert f1 > 35

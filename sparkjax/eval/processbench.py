@@ -504,9 +504,9 @@ class GenerativeCritic:
 
 
 class PRMCritic:
-  """A PRM trained by `sparkjax.spark.prm` (formats "prm", "prm_cot", "orm" or "disc"): the steps go into the
-  PRM's own input format (`spark.prm.build_prompt`, style "llm") and its verdicts give the first-error index
-  (`spark.prm.predict`; an ORM can only say -1 or "the last step")."""
+  """A PRM trained by `sparkjax.spark.prm_train` (formats "prm", "prm_cot", "orm" or "disc"): the steps go into the
+  PRM's own input format (`spark.prm_examples.build_prompt`, style "llm") and its verdicts give the first-error index
+  (`spark.prm_scorers.predict`; an ORM can only say -1 or "the last step")."""
 
   def __init__(self, model_dir: str | os.PathLike, fmt: str, *, max_new_tokens: int = 512, dtype: str = "float32"):
     from sparkjax.models import hf, tokenizer as tok_lib
@@ -522,11 +522,11 @@ class PRMCritic:
                 max_new_tokens=self.max_new_tokens, dtype=self.dtype, temperature=0.0)
 
   def __call__(self, records: list[Record]) -> list[Prediction]:
-    from sparkjax.spark import prm
+    from sparkjax.spark import prm_scorers
 
     recs = [dict(id=r.id, problem=r.problem, steps=list(r.steps)) for r in records]  # the answer is in the last step
-    preds, _ = prm.predict(self.params, self.cfg, self.tokenizer, self.fmt, recs, max_new_tokens=self.max_new_tokens,
-                           batch=len(recs), style="llm")
+    preds, _ = prm_scorers.predict(self.params, self.cfg, self.tokenizer, self.fmt, recs,
+                                   max_new_tokens=self.max_new_tokens, batch=len(recs), style="llm")
     return [Prediction(p, status="ok" if p is not None else "unparseable",
                        reason="" if p is not None else "the PRM's verdicts could not be read for every step")
             for p in preds]
@@ -554,7 +554,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("max_len", None, "Context budget (prompt + critique tokens); default the model's.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
   flags.DEFINE_enum("format", "critic", ["critic", "prm", "prm_cot", "orm", "disc"], "critic: the official critique "
-                    "prompt (any instruct model); otherwise a PRM trained by sparkjax.spark.prm in that format.")
+                    "prompt (any instruct model); otherwise a PRM trained by sparkjax.spark.prm_train in that format.")
   flags.mark_flags_as_required(["model", "out"])
 
 

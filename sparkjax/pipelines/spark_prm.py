@@ -27,7 +27,7 @@ from sparkjax.data import arith, world_data
 from sparkjax.data.grading import make_suffix_reward
 from sparkjax.eval import processbench
 from sparkjax.pipelines import arith_rl, common
-from sparkjax.spark import prm as prm_lib
+from sparkjax.spark import prm_examples, prm_scorers, prm_train
 from sparkjax.spark import stage_report
 from sparkjax.spark import verdicts as vd
 from sparkjax.spark import verify as verify_lib
@@ -75,9 +75,9 @@ def check_config(ch: config_check.Checks):
   runs = ch.get("stage2.runs") or []
   for run in runs:
     variant, _, fmt = str(run).partition(":")
-    if variant not in DATA_VARIANTS or fmt not in prm_lib.FORMATS:
+    if variant not in DATA_VARIANTS or fmt not in prm_examples.FORMATS:
       ch.fail("stage2.runs", run, f"expected 'variant:format' with a variant in {', '.join(DATA_VARIANTS)} and a "
-              f"format in {', '.join(prm_lib.FORMATS)}")
+              f"format in {', '.join(prm_examples.FORMATS)}")
   if not runs:
     ch.fail("stage2.runs", runs, "expected at least one 'variant:format' run")
   for k in ("steps", "batch_size", "score_batch", "heldout_problems", "heldout_m"):
@@ -86,8 +86,8 @@ def check_config(ch: config_check.Checks):
   ch.int_range("stage2.heldout_balance", 0)
   fs = ch.get("stage2.format_steps")
   for fmt, n in (dict(fs) if fs else {}).items():
-    if fmt not in prm_lib.FORMATS or isinstance(n, bool) or not isinstance(n, int) or n < 1:
-      ch.fail(f"stage2.format_steps.{fmt}", n, f"expected a format in {', '.join(prm_lib.FORMATS)} mapped to an "
+    if fmt not in prm_examples.FORMATS or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+      ch.fail(f"stage2.format_steps.{fmt}", n, f"expected a format in {', '.join(prm_examples.FORMATS)} mapped to an "
               "integer number of steps >= 1")
   ch.boolean("stage2.disc_until_first_error", optional=True)
   ch.boolean("stage2.disc_balance_classes", optional=True)
@@ -288,7 +288,7 @@ def heldout_summary(config, world, items) -> dict:
 def score_prm(params, cfg, tokenizer, fmt: str, items, max_new_tokens: int, batch: int) -> tuple[dict, list]:
   """ProcessBench metric of a trained PRM on the held-out items (and outcome F1 from its final verdicts)."""
   records = [dict(id=it.id, problem=it.problem, steps=list(it.steps), answer=it.answer) for it in items]
-  preds, finals = prm_lib.predict(params, cfg, tokenizer, fmt, records, max_new_tokens=max_new_tokens, batch=batch)
+  preds, finals = prm_scorers.predict(params, cfg, tokenizer, fmt, records, max_new_tokens=max_new_tokens, batch=batch)
   labels = [gold_first_error(it) for it in items]
   res = processbench.score(labels, preds) if fmt != "orm" else {}
   res["outcome"] = vd.outcome_f1(finals, [it.gold_final for it in items])
@@ -318,7 +318,7 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
       continue
     if variant not in paths:
       raise ValueError(f"config stage2.runs names {variant!r}; known data variants: {', '.join(paths)}")
-    records, bad = prm_lib.load_records(paths[variant])
+    records, bad = prm_examples.load_records(paths[variant])
     if bad:
       common.say(f"stage II {run}: {len(bad)} records of {paths[variant]} left out: {bad[:2]}")
     if not records:  # reported in the table; the other runs go on
@@ -327,14 +327,14 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
                           outcome=dict(f1=None))
       continue
     t0 = time.time()
-    label_ids = prm_lib.label_token_ids(tokenizer) if fmt == "disc" else None
-    examples = (prm_lib.encode_discriminative(tokenizer, records) if fmt == "disc" else
-                prm_lib.encode_examples(tokenizer, records, fmt, "world"))
+    label_ids = prm_examples.label_token_ids(tokenizer) if fmt == "disc" else None
+    examples = (prm_examples.encode_discriminative(tokenizer, records) if fmt == "disc" else
+                prm_examples.encode_examples(tokenizer, records, fmt, "world"))
     disc = (dict(until_first_error=c.get("disc_until_first_error", False),
                  balance_classes=c.get("disc_balance_classes", False)) if fmt == "disc" else {})
     steps, optimizer = run_schedule(c, fmt)
-    params, history = prm_lib.train_prm(base_params, cfg, examples, fmt, optimizer, steps, c.batch_size,
-                                        config.seed, writer=writer, label_ids=label_ids, **disc)
+    params, history = prm_train.train_prm(base_params, cfg, examples, fmt, optimizer, steps, c.batch_size,
+                                          config.seed, writer=writer, label_ids=label_ids, **disc)
     res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)
     res.update(train_records=len(records), bad_records=len(bad), train_steps=steps, train_seconds=time.time() - t0,
                final_loss=history[-1]["loss"] if history else None)
