@@ -12,6 +12,7 @@ from sparkjax.models import transformer
 from sparkjax.models.config import ModelConfig
 from sparkjax.spark import verdicts as vd
 from sparkjax.spark import verify as verify_lib
+from sparkjax import text_generation
 from sparkjax.spark import world_verifier as wv
 
 WORLD = arith.WorldConfig(min_ops=2, max_ops=4, max_operand=5, max_value=30, ops="+-")
@@ -51,8 +52,8 @@ def test_sample_texts_batches_like_one_prompt_at_a_time():
   params = transformer.init_params(cfg, jax.random.key(0), std=0.3)
   decode = lambda ids: " ".join(map(str, ids))
   prompts = [arith.prompt_text(arith.problem_at(1, i, WORLD)) for i in range(5)]
-  big = verify_lib.TextModel(params, cfg, tok.encode, decode, (tok.eos_token_id,), tok.pad_token_id, rows=64)
-  small = verify_lib.TextModel(params, cfg, tok.encode, decode, (tok.eos_token_id,), tok.pad_token_id, rows=2)
+  big = text_generation.TextModel(params, cfg, tok.encode, decode, (tok.eos_token_id,), tok.pad_token_id, rows=64)
+  small = text_generation.TextModel(params, cfg, tok.encode, decode, (tok.eos_token_id,), tok.pad_token_id, rows=2)
   a = big.sample_texts(prompts, 2, 6, 0.0, jax.random.key(1))
   b = small.sample_texts(prompts, 2, 6, 0.0, jax.random.key(1))  # one prompt (2 rows) per call, last one padded
   assert a == b and len(a) == 5 and all(len(r) == 2 for r in a)

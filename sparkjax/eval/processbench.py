@@ -427,7 +427,7 @@ def prompt_bucket(n: int) -> int:
 
 
 class GenerativeCritic:
-  """A HF causal LM prompted with the critique template, decoded by `sparkjax.sampling.sample_jit`.
+  """A HF causal LM prompted with the critique template, decoded by a `sparkjax.text_generation.Generator`.
 
   Each call pads its prompts to one bucketed length (`prompt_bucket`); one program is compiled per distinct
   (rows, bucket). A short last batch is not padded with dummy rows: under sort-by-length it holds the longest
@@ -439,7 +439,7 @@ class GenerativeCritic:
   def __init__(self, model_dir: str | os.PathLike, *, max_new_tokens: int = 512,
                temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, dtype: str = "float32",
                max_len: int | None = None):
-    from sparkjax import sampling
+    from sparkjax import sampling, text_generation
     from sparkjax.models import hf, tokenizer as tok_lib
 
     self.model_dir = str(model_dir)
@@ -458,6 +458,8 @@ class GenerativeCritic:
                                       pad_id=pad)
     self.seed, self.dtype = seed, dtype
     self._calls = 0
+    # All of a call's prompts in one sampler call, without dummy rows (see the class docstring).
+    self.generator = text_generation.Generator(self.cfg, pad, rows=None, bucket=prompt_bucket, fill_last=False)
 
   @property
   def config(self) -> dict:
@@ -475,8 +477,6 @@ class GenerativeCritic:
   def __call__(self, records: list[Record]) -> list[Prediction]:
     import jax
 
-    from sparkjax import sampling
-
     ids = [self.prompt_ids(r) for r in records]
     budget = self.max_len - self.sp.max_new_tokens
     out: list[Prediction | None] = [None] * len(records)
@@ -488,18 +488,14 @@ class GenerativeCritic:
       else:
         run.append(i)
     if run:
-      rows = [ids[i] for i in run]
-      length = min(prompt_bucket(max(len(r) for r in rows)), budget)
-      tokens, mask = sampling.pad_prompts(rows, self.sp.pad_id, length)
       rng = jax.random.fold_in(jax.random.key(self.seed), self._calls)
       self._calls += 1
-      res = jax.device_get(sampling.sample_jit(self.params, tokens, mask, rng, cfg=self.cfg, sp=self.sp))
-      for row, i in enumerate(run):
-        n = int(res.lengths[row])
-        text = self.tokenizer.decode(res.tokens[row, :n].tolist(), skip_special_tokens=True)
+      done = self.generator.generate(self.params, [ids[i] for i in run], self.sp, rng, max_prompt_len=budget)
+      for (completion,), i in zip(done, run):
+        text = self.tokenizer.decode(completion.tokens, skip_special_tokens=True)
         idx, reason = parse_critique(text, len(records[i].steps))
         out[i] = Prediction(idx, raw=text, status="ok" if idx is not None else "unparseable", reason=reason,
-                            finished=bool(res.finished[row]))
+                            finished=completion.finished)
     return out
 
 

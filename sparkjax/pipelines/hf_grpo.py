@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import jax
-from sparkjax import config_check, distributed, sampling
+from sparkjax import config_check, distributed, sampling, text_generation
 from sparkjax.data import math as math_data
 from sparkjax.data.host_grading import GraderPool
 from sparkjax.models import hf
@@ -113,22 +113,13 @@ def fit_prompts(data: math_data.MathData, prompts: list[list[int]], limit: int, 
 def make_evaluator(cfg, place: common.Placement, tokenizer, records, prompts, P: int, sp: sampling.SamplingParams,
                    batch: int, pool: GraderPool):
   """Greedy accuracy on the eval records: fixed batches of `batch` prompts (the last one padded with repeats)."""
-  sampler = sampling.make_sampler(cfg, sp, place.params, place.mesh)
+  generator = text_generation.Generator(cfg, sp.pad_id, rows=batch, param_shardings=place.params,
+                                        mesh=place.mesh, bucket=lambda n: P)
   golds = [r.answer for r in records]
 
   def evaluate(params) -> tuple[float, list[str]]:
-    texts = []
-    for lo in range(0, len(prompts), batch):
-      chunk = prompts[lo:lo + batch]
-      chunk = chunk + [chunk[-1]] * (batch - len(chunk))
-      tokens, mask = sampling.pad_prompts(chunk, sp.pad_id, P)
-      rows = slice(jax.process_index() * batch // jax.process_count(),
-                   (jax.process_index() + 1) * batch // jax.process_count())
-      local = place.batch(dict(prompt=tokens[rows], prompt_mask=mask[rows]), "eval.batch_size")
-      out = sampler(params, local["prompt"], local["prompt_mask"], jax.random.key(0))
-      toks, lengths = common.host(out.tokens), common.host(out.lengths)
-      texts += [tokenizer.decode(toks[i, :lengths[i]], skip_special_tokens=True) for i in range(len(chunk))]
-    texts = texts[:len(prompts)]
+    done = generator.generate(params, prompts, sp, jax.random.key(0))
+    texts = [tokenizer.decode(row[0].tokens, skip_special_tokens=True) for row in done]
     graded = pool.grade(texts, golds)
     return float(graded.rewards.mean()), texts
 

@@ -22,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sparkjax import config_check, distributed
+from sparkjax import config_check, distributed, text_generation
 from sparkjax.data import arith, world_data
 from sparkjax.data.grading import make_suffix_reward
 from sparkjax.eval import processbench
@@ -122,16 +122,16 @@ def train_verifier(config, workdir: Path, cfg, tokenizer, world, init_params, wr
   return state.params
 
 
-def text_model(params, cfg, tokenizer, place, rows: int) -> verify_lib.TextModel:
+def text_model(params, cfg, tokenizer, place, rows: int) -> text_generation.TextModel:
   eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
   decode = lambda ids: tokenizer.decode([t for t in ids if t not in (eos, pad)])
-  return verify_lib.TextModel(params, cfg, tokenizer.encode, decode, (eos,), pad, rows, place.params, place.mesh)
+  return text_generation.TextModel(params, cfg, tokenizer.encode, decode, (eos,), pad, rows, place.params, place.mesh)
 
 
 # ---- stage I -----------------------------------------------------------------------------------------------------
 
 
-def solutions(generator: verify_lib.TextModel, problems: list[arith.Problem], m: int, c, key,
+def solutions(generator: text_generation.TextModel, problems: list[arith.Problem], m: int, c, key,
               prefix: str) -> tuple[list[verify_lib.Item], list[int], int, dict]:
   """M sampled solutions per problem as items with exact labels; (items, problem index of each, unreadable,
   {item id: (arith.Problem, arith.Solution)})."""

@@ -1,9 +1,9 @@
 """SPARK-PRM Stage I: generate solutions, verify them step by step without reference answers, scale verification in
 parallel (self-consistency over N) and sequentially (meta-critique), and write the training data of Stage II.
 
-Throughput: every model call goes through `sample_texts`, which batches many prompts into one jitted sampler call
-(prompts left-padded to one bucketed length, so a handful of shapes compile) and draws the N verifications of a
-solution as N samples sharing that prompt's single prefill.
+Throughput: every model call goes through `text_generation.TextModel.sample_texts`, which batches many prompts
+into one jitted sampler call (prompts left-padded to one bucketed length, so a handful of shapes compile) and draws
+the N verifications of a solution as N samples sharing that prompt's single prefill.
 
 Data variants (one JSON-lines file each, readable by `datasets.load_dataset("json", ...)`):
   step_consistency      per-step majority over N verifications (errors propagated); rationale = a verification
@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
 
-from sparkjax import cli, sampling
 from sparkjax.data.jsonl import write_jsonl_atomic
 from sparkjax.spark import verdicts as vd
+from sparkjax.text_generation import TextModel
 
 VARIANTS = ("step_consistency", "outcome_consistency", "meta_critique_base", "meta_critique_outcome",
             "reference_guided")
@@ -44,57 +44,6 @@ class Item:
   reference: str | None = None  # the expected answer; only the reference-guided baseline shows it to the verifier
   gold_verdicts: tuple[bool, ...] | None = None
   gold_final: bool | None = None
-
-
-class TextModel:
-  """A model + tokenizer that turns prompt texts into sampled completion texts, batched and jitted.
-
-  encode(text) -> token ids; decode(ids) -> text. `rows` bounds the rows (prompts x samples) of one sampler call.
-  """
-
-  def __init__(self, params, cfg, encode: Callable[[str], list[int]], decode: Callable[[Sequence[int]], str],
-               stop_tokens: tuple[int, ...], pad_id: int, rows: int = 256, param_shardings=None, mesh=None):
-    self.params, self.cfg, self.encode, self.decode = params, cfg, encode, decode
-    self.stop, self.pad, self.rows = stop_tokens, pad_id, rows
-    self.param_shardings, self.mesh = param_shardings, mesh
-    self._samplers = {}
-
-  def _sampler(self, sp: sampling.SamplingParams):
-    if sp not in self._samplers:
-      self._samplers[sp] = sampling.make_sampler(self.cfg, sp, self.param_shardings, self.mesh)
-    return self._samplers[sp]
-
-  def sample_texts(self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, key,
-                   top_p: float = 1.0, desc: str | None = None) -> list[list[str]]:
-    """n completions of each prompt: [len(prompts)][n] texts. Prompts go `rows // n` at a time (the last batch is
-    padded with repeats, so every call has the same shape); the n samples of a prompt share its prefill."""
-    sp = sampling.SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                 num_samples=n, stop_tokens=self.stop, pad_id=self.pad)
-    ids = [self.encode(p) for p in prompts]
-    per_call = max(1, self.rows // n)
-    if self.mesh is not None:  # the prompt batch must split over the data axes
-      from sparkjax import sharding
-
-      while per_call > 1:
-        try:
-          sharding.check_batch(per_call, self.mesh)
-          break
-        except ValueError:
-          per_call -= 1
-    P = sampling.bucket_length(max(len(i) for i in ids))
-    sampler = self._sampler(sp)
-    out: list[list[str]] = []
-    chunks = range(0, len(ids), per_call)
-    for c, lo in enumerate(cli.Progress(chunks, total=len(chunks), desc=desc or "",
-                                        disable=desc is None or len(chunks) < 2, unit="batch")):
-      chunk = ids[lo:lo + per_call]
-      real = len(chunk)
-      chunk = chunk + [chunk[-1]] * (per_call - real)
-      tokens, mask = sampling.pad_prompts(chunk, self.pad, P)
-      res = jax.device_get(sampler(self.params, tokens, mask, jax.random.fold_in(key, c)))
-      for b in range(real):
-        out.append([self.decode(res.tokens[b * n + g, :res.lengths[b * n + g]].tolist()) for g in range(n)])
-    return out
 
 
 # ---- stage I steps -----------------------------------------------------------------------------------------------

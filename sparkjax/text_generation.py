@@ -1,0 +1,123 @@
+"""Batched generation from the host: prompts in, completions out, through one jitted sampler per setting.
+
+The one implementation behind Stage I's generator and verifier (`TextModel`), the ProcessBench critic and
+`hf_grpo`'s held-out evaluation. Prompts go a fixed number per sampler call and are left-padded to a bucketed
+length, so a long list compiles a few programs rather than one per batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from sparkjax import cli, sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+  tokens: list[int]  # generated ids up to and including the stop token
+  finished: bool  # stopped on a stop token (False: ran out of max_new_tokens)
+
+
+class Generator:
+  """A model's batched sampler over lists of token-id prompts.
+
+  Args:
+    rows: the most rows (prompts x samples) of one sampler call; None = all prompts of a `generate` call in one.
+    param_shardings, mesh: pin the sampler to a mesh (`sampling.make_sampler`); prompts per call are then a number
+      that splits over the data axes, and with several processes each feeds its share of every call.
+    bucket: padded prompt length for a longest prompt of n tokens (default `sampling.bucket_length`).
+    fill_last: pad a short last call with repeats of its last prompt, so every call has one shape; False runs it
+      at its own size (one more compilation, no wasted rows; single-device only).
+  """
+
+  def __init__(self, cfg, pad_id: int, *, rows: int | None = 256, param_shardings=None, mesh=None,
+               bucket: Callable[[int], int] = sampling.bucket_length, fill_last: bool = True):
+    if mesh is not None and (not fill_last or rows is None):
+      raise ValueError("fill_last=False and rows=None need a single device (mesh=None): every call must split over "
+                       "the mesh")
+    self.cfg, self.pad, self.rows = cfg, pad_id, rows
+    self.param_shardings, self.mesh, self.bucket, self.fill_last = param_shardings, mesh, bucket, fill_last
+    self._samplers = {}
+
+  def _sampler(self, sp: sampling.SamplingParams):
+    if sp not in self._samplers:
+      self._samplers[sp] = sampling.make_sampler(self.cfg, sp, self.param_shardings, self.mesh)
+    return self._samplers[sp]
+
+  def prompts_per_call(self, n: int) -> int:
+    """max(1, rows // n), lowered until it splits over the mesh's data axes."""
+    per_call = max(1, self.rows // n)
+    if self.mesh is not None:
+      from sparkjax import sharding
+
+      while per_call > 1:
+        try:
+          sharding.check_batch(per_call, self.mesh)
+          break
+        except ValueError:
+          per_call -= 1
+    return per_call
+
+  def _call(self, sampler, params, tokens, mask, key):
+    """One sampler call on the full [B, P] prompt arrays (every process holds them) -> host SampleOutput."""
+    if self.mesh is None or jax.process_count() == 1:
+      return jax.device_get(sampler(params, tokens, mask, key))
+    from sparkjax import sharding
+
+    B, p, n = tokens.shape[0], jax.process_index(), jax.process_count()
+    local = slice(p * B // n, (p + 1) * B // n)
+    rows = sharding.batch_sharding(self.mesh, 2)
+    out = sampler(params, jax.make_array_from_process_local_data(rows, tokens[local]),
+                  jax.make_array_from_process_local_data(rows, mask[local]), key)
+    return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), out)
+
+  def generate(self, params, prompts: Sequence[Sequence[int]], sp: sampling.SamplingParams, key, *,
+               max_prompt_len: int | None = None, desc: str | None = None) -> list[list[Completion]]:
+    """`sp.num_samples` completions of each prompt: [len(prompts)][n]. Call c uses key fold_in(key, c); the n
+    samples of a prompt share its prefill. Prompts are padded to `bucket(longest)`, capped at `max_prompt_len`
+    (a longer prompt is an error). `desc` shows a progress bar when there are several calls."""
+    n = sp.num_samples
+    per_call = len(prompts) if self.rows is None else self.prompts_per_call(n)
+    longest = max(len(p) for p in prompts)
+    P = self.bucket(longest) if max_prompt_len is None else min(self.bucket(longest), max_prompt_len)
+    sampler = self._sampler(sp)
+    out: list[list[Completion]] = []
+    chunks = range(0, len(prompts), per_call)
+    for c, lo in enumerate(cli.Progress(chunks, total=len(chunks), desc=desc or "",
+                                        disable=desc is None or len(chunks) < 2, unit="batch")):
+      chunk = [list(p) for p in prompts[lo:lo + per_call]]
+      real = len(chunk)
+      if self.fill_last:
+        chunk = chunk + [chunk[-1]] * (per_call - real)
+      tokens, mask = sampling.pad_prompts(chunk, self.pad, P)
+      res = self._call(sampler, params, tokens, mask, jax.random.fold_in(key, c))
+      for b in range(real):
+        out.append([Completion(res.tokens[r, :res.lengths[r]].tolist(), bool(res.finished[r]))
+                    for r in range(b * n, (b + 1) * n)])
+    return out
+
+
+class TextModel:
+  """A model + tokenizer that turns prompt texts into sampled completion texts (a text layer over `Generator`).
+
+  encode(text) -> token ids; decode(ids) -> text. `rows` bounds the rows (prompts x samples) of one sampler call.
+  """
+
+  def __init__(self, params, cfg, encode: Callable[[str], list[int]], decode: Callable[[Sequence[int]], str],
+               stop_tokens: tuple[int, ...], pad_id: int, rows: int = 256, param_shardings=None, mesh=None):
+    self.params = params
+    self.generator = Generator(cfg, pad_id, rows=rows, param_shardings=param_shardings, mesh=mesh)
+    self.encode, self.decode, self.stop, self.pad = encode, decode, stop_tokens, pad_id
+
+  def sample_texts(self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, key,
+                   top_p: float = 1.0, desc: str | None = None) -> list[list[str]]:
+    """n completions of each prompt: [len(prompts)][n] texts (see `Generator.generate`)."""
+    sp = sampling.SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                 num_samples=n, stop_tokens=self.stop, pad_id=self.pad)
+    outs = self.generator.generate(self.params, [self.encode(p) for p in prompts], sp, key, desc=desc)
+    return [[self.decode(c.tokens) for c in row] for row in outs]
