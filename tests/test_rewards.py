@@ -105,3 +105,64 @@ def test_a_tokenizer_without_single_tag_tokens_is_named():
 
   with pytest.raises(ValueError, match="use format_check_text for real ones"):
     R.FormatTokens.from_tokenizer(Pieces())
+
+
+def _verdicts():
+  """Two groups of G = 2: row 2's PRM judged another step count, row 3 broke the format."""
+  return dict(valid=jnp.array([True, True, True, False]), final=jnp.array([1.0, 0.0, 1.0, 1.0]),
+              num_steps=jnp.array([2, 2, 3, 2]), prm_steps=jnp.array([2, 2, 2, 2]),
+              step_ok=jnp.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], bool),
+              token_step=jnp.array([[-1, 0, 0, 1, 1, -1], [-1, 0, 0, 1, 1, -1], [0, 1, 2, 2, -1, -1],
+                                    [0, 0, 1, 1, -1, -1]], jnp.int32))
+
+
+A = 0.5 / (0.5 + 1e-6)  # GRPO advantage of rewards (1, 0) in a group of two
+
+
+def test_process_outcome_and_step_augmented_rewards():
+  r, a = R.REWARD_DESIGNS["process_outcome"](_verdicts(), 2)
+  np.testing.assert_allclose(r, [1, 0, 1, 0])
+  np.testing.assert_allclose(a, [A, -A, A, -A], rtol=1e-6)
+  # 0.4 k/n + 0.6 y: row 0 2/2 and y = 1; row 1 1/2 and y = 0; row 2 k/n dropped (step counts differ); row 3 invalid.
+  r, a = R.REWARD_DESIGNS["step_augmented"](_verdicts(), 2)
+  np.testing.assert_allclose(r, [1.0, 0.2, 0.6, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(a, [1.0, -1.0, 1.0, -1.0], rtol=1e-5)
+
+
+def test_selective_advantage():
+  r, a = R.REWARD_DESIGNS["selective_advantage"](_verdicts(), 2)
+  np.testing.assert_allclose(a, [
+      [A] * 6,  # A >= 0, both steps judged correct: every token keeps A
+      [-A, 0, 0, -A, -A, -A],  # A < 0: step 0 (correct) loses it, step 1 (incorrect) and the rest keep it
+      [A] * 6,  # unusable step verdicts: unchanged
+      [-A] * 6], rtol=1e-6)
+
+
+def test_global_step_reward():
+  r, a = R.REWARD_DESIGNS["global_step"](_verdicts(), 2)
+  # Group 1's step rewards +-1/2: (0.5, 0.5 | 0.5, -0.5), mean 0.25, std sqrt(0.1875).
+  up, down = 0.25 / (0.1875 ** 0.5 + 1e-6), -0.75 / (0.1875 ** 0.5 + 1e-6)
+  np.testing.assert_allclose(a, [
+      [0.8 * A, 0.8 * A + 0.2 * up, 0.8 * A + 0.2 * up, 0.8 * A + 0.2 * up, 0.8 * A + 0.2 * up, 0.8 * A],
+      [-0.8 * A, -0.8 * A + 0.2 * up, -0.8 * A + 0.2 * up, -0.8 * A + 0.2 * down, -0.8 * A + 0.2 * down, -0.8 * A],
+      [0.8 * A] * 6,  # group 2 has no usable step verdicts: A_step = 0
+      [-0.8 * A] * 6], rtol=1e-5)
+
+
+def test_designs_are_registered_and_jit(tok):
+  assert sorted(R.REWARD_DESIGNS) == ["global_step", "process_outcome", "selective_advantage", "step_augmented"]
+  with pytest.raises(ValueError, match="unknown reward design 'best'; registered: global_step"):
+    R.lookup_design("best")
+  for name, fn in R.REWARD_DESIGNS.items():
+    eager = fn(_verdicts(), 2)
+    jitted = jax.jit(fn, static_argnums=1)(_verdicts(), 2)
+    for x, y in zip(eager, jitted):
+      np.testing.assert_allclose(x, y, rtol=1e-6, err_msg=name)
+      assert np.isfinite(np.asarray(y)).all()
+
+
+def test_token_steps(tok):
+  tokens, lengths, _ = _rows(tok, [GOOD])
+  steps = np.asarray(R.token_steps(tokens, lengths, R.FormatTokens.from_tokenizer(tok)))[0]
+  # <think> | <step> 2 * 2 = 4 </step> | <step> 4 * 3 = 12 </step> | </think> <answer> \boxed{ 12 } </answer> <eos>
+  assert steps.tolist() == [-1] + [0] * 7 + [1] * 7 + [-1] * 7

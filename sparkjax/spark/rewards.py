@@ -1,4 +1,5 @@
-"""SPARK-PRM Stage III: the format constraint against reward hacking, one definition on device and on the host.
+"""SPARK-PRM Stage III rewards: the format constraint against reward hacking (one definition on device and on the
+host) and the reward designs that turn a PRM's verdicts into rewards and advantages.
 
 Policy output format (spec, Stage III): `<think><step>...</step>...</think><answer>\\boxed{X}</answer>`.
 A response is *valid* when, with the stop token removed,
@@ -128,3 +129,115 @@ def format_check_tokens(tokens_NT, lengths_N, finished_N, ids: FormatTokens, spe
   failed = jnp.stack([~c for c in checks], axis=1)
   reason = jnp.where(failed.any(axis=1), jnp.argmax(failed, axis=1) + 1, 0).astype(jnp.int32)
   return dict(valid=reason == 0, num_steps=steps, reason=reason)
+
+
+def token_steps(tokens_NT, lengths_N, ids: FormatTokens):
+  """[N, T] int32: the 0-based index of the step each completion token belongs to (its `<step>` ... `</step>`
+  tags included), -1 for tokens outside every step and for padding."""
+  T = tokens_NT.shape[1]
+  live = jnp.arange(T)[None, :] < lengths_N[:, None]
+  opened = jnp.cumsum((tokens_NT == ids.step) & live, axis=1)
+  closed_before = jnp.cumsum((tokens_NT == ids.end_step) & live, axis=1) - ((tokens_NT == ids.end_step) & live)
+  inside = live & (opened > closed_before)
+  return jnp.where(inside, opened - 1, -1).astype(jnp.int32)
+
+
+# ---- reward designs ----------------------------------------------------------------------------------------------
+#
+# Each design maps the format check and the PRM's verdicts on a group-ordered batch (N = B * G rows) to
+# (rewards [N], advantages [N] or [N, T]); token-level advantages go through `rl.iteration.policy_update`'s [N, T]
+# path. Inputs, a dict of arrays:
+#   valid [N] bool        the format constraint (`format_check_tokens` / `format_check_text`)
+#   final [N] float       y: the PRM's final verdict, 1 = correct
+#   step_ok [N, S] bool   the PRM's verdict on step j (S >= every row's step count)
+#   num_steps [N] int     n: the policy's step count
+#   prm_steps [N] int     the step count the PRM judged; its step verdicts are used only where it equals n
+#   token_step [N, T] int the step of each completion token, -1 outside steps (`token_steps`)
+# `advantage` names the group estimator (`rl.grpo.ADVANTAGES`).
+
+REWARD_DESIGNS: dict = {}
+
+
+def _design(name):
+  def deco(fn):
+    REWARD_DESIGNS[name] = fn
+    return fn
+  return deco
+
+
+def lookup_design(name: str):
+  if name not in REWARD_DESIGNS:
+    raise ValueError(f"unknown reward design {name!r}; registered: {', '.join(sorted(REWARD_DESIGNS))}")
+  return REWARD_DESIGNS[name]
+
+
+def _step_parts(v: dict):
+  """(usable [N] bool: valid and the PRM judged the policy's n steps, ok [N, S] bool masked to j < n, n [N])."""
+  n = v["num_steps"]
+  usable = v["valid"] & (v["prm_steps"] == n) & (n > 0)
+  in_steps = jnp.arange(v["step_ok"].shape[1])[None, :] < n[:, None]
+  return usable, v["step_ok"] & in_steps, n
+
+
+def _clamped(token_step, S: int):
+  """(token_step clipped into [0, S), whether the token lies in one of the S judged step slots)."""
+  return jnp.clip(token_step, 0, S - 1), (token_step >= 0) & (token_step < S)
+
+
+def _adv(rewards, G, advantage):
+  from sparkjax.rl import grpo
+
+  return grpo.lookup(grpo.ADVANTAGES, advantage, "advantage estimator")(rewards, G)
+
+
+@_design("process_outcome")
+def process_outcome(v: dict, G: int, advantage: str = "grpo"):
+  """Process-aware outcome: r = valid * y; A = (r - mean_G r) / std_G r."""
+  r = v["valid"].astype(jnp.float32) * v["final"].astype(jnp.float32)
+  return r, _adv(r, G, advantage)
+
+
+@_design("step_augmented")
+def step_augmented(v: dict, G: int, advantage: str = "grpo"):
+  """Step-augmented: r = valid * (0.4 * k / n + 0.6 * y), k = steps judged correct of the policy's n; the k / n
+  part is 0 when the PRM's step count differs from n."""
+  usable, ok, n = _step_parts(v)
+  frac = jnp.where(usable, ok.sum(1) / jnp.maximum(n, 1), 0.0)
+  r = v["valid"].astype(jnp.float32) * (0.4 * frac + 0.6 * v["final"].astype(jnp.float32))
+  return r, _adv(r, G, advantage)
+
+
+@_design("selective_advantage")
+def selective_advantage(v: dict, G: int, advantage: str = "grpo"):
+  """Selective advantage: r = valid * y, A from the group; a token of step j keeps A only if (A >= 0 and step j
+  is judged correct) or (A < 0 and step j incorrect), else 0. Tokens outside steps, and every token of a row whose
+  step verdicts are unusable (invalid, or another step count), keep A."""
+  r, a = process_outcome(v, G, advantage)
+  usable, ok, _ = _step_parts(v)
+  j, inside = _clamped(v["token_step"], ok.shape[1])
+  ok_tok = jnp.take_along_axis(ok, j, axis=1)
+  keep = jnp.where(a[:, None] >= 0, ok_tok, ~ok_tok)
+  keep = keep | ~inside | ~usable[:, None]
+  return r, jnp.where(keep, a[:, None], 0.0)
+
+
+@_design("global_step")
+def global_step(v: dict, G: int, advantage: str = "grpo", eps: float = 1e-6):
+  """Global step reward: A = 0.8 * A_process + 0.2 * A_step. A_process: process_outcome's advantage. Step j of
+  row i earns r_ij = +1/n_i if judged correct, -1/n_i if not; A_step of a token of step j is (r_ij - mean) / (std
+  + eps), mean and std over every usable step of the row's group. Tokens outside steps, and rows whose step
+  verdicts are unusable, get A_step = 0."""
+  r, a_proc = process_outcome(v, G, advantage)
+  usable, ok, n = _step_parts(v)
+  N, S = ok.shape
+  counted = usable[:, None] & (jnp.arange(S)[None, :] < n[:, None])  # [N, S]
+  r_step = jnp.where(ok, 1.0, -1.0) / jnp.maximum(n, 1)[:, None]
+  g_r = jnp.where(counted, r_step, 0.0).reshape(-1, G * S)
+  g_c = counted.reshape(-1, G * S).astype(jnp.float32)
+  cnt = jnp.maximum(g_c.sum(1, keepdims=True), 1.0)
+  mean = g_r.sum(1, keepdims=True) / cnt
+  std = jnp.sqrt((g_c * (g_r - mean) ** 2).sum(1, keepdims=True) / cnt)
+  a_step = jnp.where(counted, ((g_r - mean) / (std + eps)).reshape(N, S), 0.0)
+  j, inside = _clamped(v["token_step"], S)
+  a_tok = jnp.where(inside, jnp.take_along_axis(a_step, j, axis=1), 0.0)
+  return r, 0.8 * a_proc[:, None] + 0.2 * a_tok
