@@ -409,3 +409,38 @@ def test_grpo_loop_counts_its_own_iterations(tmp_path):
   # Resumed after iteration 2 (not 6 // mu), with the data iterator where it stopped.
   assert (r.iterations, int(r.state.step), calls, evals) == (5, 15, [1, 2, 3, 4, 5], [2, 4, 5])
   assert sorted(r.history, key=int) == ["2", "4", "5"] and r.final_metrics["reward_mean"] == 1.0
+
+
+def test_a_reward_design_makes_the_rewards_and_token_advantages(setup):
+  """With a reward design the scorer returns verdicts, not rewards; the iteration's update equals one made by hand
+  with the design's [N, T] advantages (selective advantage on made-up verdicts read from the rollout's tokens)."""
+  import functools
+
+  from sparkjax.spark import rewards as R
+
+  tok, enc, cfg, tx, schedule, _, batch = setup
+  settings = _settings(enc)
+
+  def verdicts(_, out, targets):
+    N, T = out.tokens.shape
+    return dict(valid=jnp.ones(N, bool), final=(out.tokens[:, 0] % 2).astype(jnp.float32),
+                num_steps=jnp.full(N, 2), prm_steps=jnp.full(N, 2), step_ok=(out.tokens[:, 1:3] % 3) > 0,
+                token_step=jnp.broadcast_to(jnp.minimum(jnp.arange(T) // 3, 2) - 1, (N, T)).astype(jnp.int32))
+
+  design = functools.partial(R.REWARD_DESIGNS["selective_advantage"], advantage="grpo")
+  params = transformer.init_params(cfg, jax.random.key(0), std=0.1)
+  fresh = lambda: state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0)
+  state = fresh()
+  out = rl.make_rollout(cfg, settings)(state.params, batch["prompt"], batch["prompt_mask"], state.key())
+  r, adv = design(verdicts(None, out, None), 4)
+  assert adv.shape == out.tokens.shape and 0 < float(r.sum()) < len(r) and float((adv == 0).mean()) > 0
+  manual = dict(prompt=batch["prompt"], prompt_mask=batch["prompt_mask"], tokens=out.tokens, lengths=out.lengths,
+                old_logp=out.logprobs, advantages=adv)
+  s1, m1 = rl.make_update(cfg, settings, tx, schedule)(fresh(), params, manual)
+  step = rl.make_iteration(cfg, settings, tx, verdicts, schedule, design=design)
+  s2, m2, roll = step(state, params, None, batch["prompt"], batch["prompt_mask"], batch["target"])
+  np.testing.assert_array_equal(np.asarray(roll.advantages), np.asarray(adv))
+  np.testing.assert_array_equal(np.asarray(roll.scores["rewards"]), np.asarray(r))
+  assert float(m2["reward_mean"]) == pytest.approx(float(r.mean()))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), s1.params,
+               s2.params)

@@ -144,15 +144,16 @@ def rule_reward(fn: Callable) -> Callable:
   return reward_fn
 
 
-def check_scores(scores, N: int) -> dict:
-  """The scorer's dict, checked at trace time: a float "rewards" [N] and only per-row arrays beside it."""
-  if not isinstance(scores, dict) or "rewards" not in scores:
+def check_scores(scores, N: int, need_rewards: bool = True) -> dict:
+  """The scorer's dict, checked at trace time: per-row arrays only, among them a "rewards" [N] (cast to float32)
+  unless a reward design makes the rewards from the other entries."""
+  if not isinstance(scores, dict) or (need_rewards and "rewards" not in scores):
     raise TypeError(f"reward_fn must return a dict with 'rewards' [N] (see rl.iteration.rule_reward), got "
                     f"{type(scores).__name__}{sorted(scores) if isinstance(scores, dict) else ''}")
   for k, v in scores.items():
     if v.shape[:1] != (N,):
       raise ValueError(f"reward_fn's scores[{k!r}] has shape {v.shape}: expected {N} rows first")
-  return scores | dict(rewards=scores["rewards"].astype(jnp.float32))
+  return scores | dict(rewards=scores["rewards"].astype(jnp.float32)) if "rewards" in scores else scores
 
 
 def rollout(params, prompt_BP, prompt_mask_BP, key, *, cfg: ModelConfig, settings: GRPOSettings):
@@ -266,19 +267,26 @@ def rollout_metrics(rewards_N, out: sampling.SampleOutput, G: int) -> dict:
 
 def iteration(state: TrainState, ref_params, scorer_params, prompt_BP, prompt_mask_BP, targets_B, *,
               cfg: ModelConfig, settings: GRPOSettings, tx, reward_fn: Callable, schedule=None,
-              score_with_policy: bool = False) -> tuple[TrainState, dict, Rollout]:
+              score_with_policy: bool = False, design: Callable | None = None) -> tuple[TrainState, dict, Rollout]:
   """One whole GRPO iteration on device: (state, prompts, per-prompt targets) -> (state, metrics, rollout).
 
   reward_fn(scorer_params, out: sampling.SampleOutput, targets_N) -> {"rewards": [N], ...} must be traceable; with
   `score_with_policy` it gets the policy's parameters before this iteration's update instead of `scorer_params`.
+  Advantages: `settings.advantage` of scores["rewards"], or with `design(scores, G) -> (rewards [N], advantages [N]
+  or [N, T])` (a reward design, `spark.rewards.REWARD_DESIGNS`) whatever it makes of the scores.
   The PRNG key is fold_in(state.rng, state.step), so an iteration is a pure function of its inputs.
   """
   G = settings.group_size
   out = rollout(state.params, prompt_BP, prompt_mask_BP, state.key(), cfg=cfg, settings=settings)
   scorer = state.params if score_with_policy else scorer_params
-  scores = check_scores(reward_fn(scorer, out, jnp.repeat(targets_B, G, axis=0)), out.tokens.shape[0])
-  rewards = scores["rewards"]
-  adv = grpo.ADVANTAGES[settings.advantage](rewards, G)
+  scores = check_scores(reward_fn(scorer, out, jnp.repeat(targets_B, G, axis=0)), out.tokens.shape[0],
+                        need_rewards=design is None)
+  if design is None:
+    rewards = scores["rewards"]
+    adv = grpo.ADVANTAGES[settings.advantage](rewards, G)
+  else:
+    rewards, adv = design(scores, G)
+    scores = scores | dict(rewards=rewards.astype(jnp.float32))
   batch = dict(prompt=prompt_BP, prompt_mask=prompt_mask_BP, tokens=out.tokens, lengths=out.lengths,
                old_logp=out.logprobs, advantages=adv)
   state, metrics = policy_update(state, ref_params, batch, cfg=cfg, settings=settings, tx=tx, schedule=schedule)
@@ -301,15 +309,15 @@ def _pinned(fn, state_sharding, ins: tuple, outs: tuple):
 
 
 def make_iteration(cfg, settings, tx, reward_fn, schedule=None, state_sharding=None, scorer_sharding=None,
-                   score_with_policy: bool = False):
+                   score_with_policy: bool = False, design: Callable | None = None):
   """`iteration(state, ref_params, scorer_params, prompt_BP, prompt_mask_BP, targets_B) -> (state, metrics,
-  rollout)` jitted once, state donated. With `state_sharding` given every input and output is pinned: the scorer's
-  parameters to `scorer_sharding` (a tree of NamedShardings; default replicated), prompts, targets and the returned
-  rollout split over the data axes, metrics replicated."""
+  rollout)` jitted once, state donated (`design`: see `iteration`). With `state_sharding` given every input and
+  output is pinned: the scorer's parameters to `scorer_sharding` (a tree of NamedShardings; default replicated),
+  prompts, targets and the returned rollout split over the data axes, metrics replicated."""
   from sparkjax import sharding
 
   fn = functools.partial(iteration, cfg=cfg, settings=settings, tx=tx, reward_fn=reward_fn, schedule=schedule,
-                         score_with_policy=score_with_policy)
+                         score_with_policy=score_with_policy, design=design)
   scorer = sharding.REPLICATED if scorer_sharding is None else scorer_sharding
   rows = sharding.ROWS
   return _pinned(fn, state_sharding, ("state", "params", scorer, rows, rows, rows),
