@@ -320,7 +320,7 @@ def test_scorer_params_are_an_argument_of_the_iteration(setup):
   settings = _settings(enc)
   traces = []
 
-  def reward_fn(table, out, targets):
+  def reward_fn(table, prompt, prompt_mask, out, targets):
     traces.append(1)
     first = out.tokens[:, 0]
     return dict(rewards=table[first], first_token=first)
@@ -340,9 +340,8 @@ def test_scorer_params_are_an_argument_of_the_iteration(setup):
   assert float(m1["score_first_token"]) == pytest.approx(float(m1["reward_mean"]))
 
   seen = []
-  by_policy = rl.make_iteration(cfg, settings, tx, lambda p, out, t: (seen.append(jax.tree.structure(p)),
-                                                                      dict(rewards=jnp.zeros(t.shape)))[1],
-                                schedule, score_with_policy=True)
+  record = lambda p, pr, pm, out, t: (seen.append(jax.tree.structure(p)), dict(rewards=jnp.zeros(t.shape)))[1]
+  by_policy = rl.make_iteration(cfg, settings, tx, record, schedule, score_with_policy=True)
   by_policy(fresh(), *args[:1], None, *args[1:])
   assert seen == [jax.tree.structure(params)]
 
@@ -351,8 +350,9 @@ def test_scores_are_checked(setup):
   tok, enc, cfg, tx, schedule, _, batch = setup
   params = transformer.init_params(cfg, jax.random.key(0), std=0.1)
   state = state_lib.create_state(params, tx, 0)
-  for bad, match in ((lambda p, out, t: out.lengths, "must return a dict with 'rewards'"),
-                     (lambda p, out, t: dict(rewards=t, extra=jnp.zeros(3)), r"scores\['extra'\] has shape \(3,\)")):
+  extra = lambda p, pr, pm, out, t: dict(rewards=t, extra=jnp.zeros(3))
+  for bad, match in ((lambda p, pr, pm, out, t: out.lengths, "must return a dict with 'rewards'"),
+                     (extra, r"scores\['extra'\] has shape \(3,\)")):
     with pytest.raises((TypeError, ValueError), match=match):
       rl.iteration(state, params, None, batch["prompt"], batch["prompt_mask"], batch["target"], cfg=cfg,
                    settings=_settings(enc), tx=tx, reward_fn=bad)
@@ -421,7 +421,7 @@ def test_a_reward_design_makes_the_rewards_and_token_advantages(setup):
   tok, enc, cfg, tx, schedule, _, batch = setup
   settings = _settings(enc)
 
-  def verdicts(_, out, targets):
+  def verdicts(_, prompt, prompt_mask, out, targets):
     N, T = out.tokens.shape
     return dict(valid=jnp.ones(N, bool), final=(out.tokens[:, 0] % 2).astype(jnp.float32),
                 num_steps=jnp.full(N, 2), prm_steps=jnp.full(N, 2), step_ok=(out.tokens[:, 1:3] % 3) > 0,
@@ -432,7 +432,7 @@ def test_a_reward_design_makes_the_rewards_and_token_advantages(setup):
   fresh = lambda: state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0)
   state = fresh()
   out = rl.make_rollout(cfg, settings)(state.params, batch["prompt"], batch["prompt_mask"], state.key())
-  r, adv = design(verdicts(None, out, None), 4)
+  r, adv = design(verdicts(None, None, None, out, None), 4)
   assert adv.shape == out.tokens.shape and 0 < float(r.sum()) < len(r) and float((adv == 0).mean()) > 0
   manual = dict(prompt=batch["prompt"], prompt_mask=batch["prompt_mask"], tokens=out.tokens, lengths=out.lengths,
                 old_logp=out.logprobs, advantages=adv)

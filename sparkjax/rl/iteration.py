@@ -4,10 +4,11 @@ With a reward computable on device the whole iteration is ONE jitted function (`
 needs Python (math-verify) uses the same two halves with a host step between them: `make_rollout` (sampling) and
 `make_update` (advantages in, updated state out).
 
-The reward is a scorer `reward_fn(scorer_params, out, targets_N) -> {"rewards": [N], ...}`: its parameters (a frozen
-PRM, or nothing for a rule) are an argument of the jitted iteration with their own shardings, so a reward model is
-data, not constants baked into the program. Extra per-row entries of the dict (e.g. a PRM's verdicts) are reported as
-metrics and returned with the rollout (`Rollout`), which the iteration hands back for later stages.
+The reward is a scorer `reward_fn(scorer_params, prompt_BP, prompt_mask_BP, out, targets_N) -> {"rewards": [N],
+...}`: its parameters (a frozen PRM, or nothing for a rule) are an argument of the jitted iteration with their own
+shardings, so a reward model is data, not constants baked into the program. Extra per-row entries of the dict (e.g.
+a PRM's verdicts) are reported as metrics and returned with the rollout (`Rollout`), which the iteration hands back
+for later stages.
 
 Shapes: B prompts, G samples each, N = B * G rows ordered b * G + g, P prompt slots (left-padded), T = max new tokens.
 """
@@ -137,8 +138,9 @@ class Rollout:
 
 def rule_reward(fn: Callable) -> Callable:
   """A parameter-free rule `fn(tokens_NT, lengths_N, finished_N, targets_N) -> rewards_N` as a scorer
-  `(scorer_params, out: SampleOutput, targets_N) -> {"rewards": rewards_N}` (scorer_params unused, pass None)."""
-  def reward_fn(_, out, targets_N):
+  `(scorer_params, prompt_BP, prompt_mask_BP, out: SampleOutput, targets_N) -> {"rewards": rewards_N}`
+  (scorer_params and the prompts unused; pass None as scorer_params)."""
+  def reward_fn(_, prompt_BP, prompt_mask_BP, out, targets_N):
     return dict(rewards=fn(out.tokens, out.lengths, out.finished, targets_N))
 
   return reward_fn
@@ -270,7 +272,8 @@ def iteration(state: TrainState, ref_params, scorer_params, prompt_BP, prompt_ma
               score_with_policy: bool = False, design: Callable | None = None) -> tuple[TrainState, dict, Rollout]:
   """One whole GRPO iteration on device: (state, prompts, per-prompt targets) -> (state, metrics, rollout).
 
-  reward_fn(scorer_params, out: sampling.SampleOutput, targets_N) -> {"rewards": [N], ...} must be traceable; with
+  reward_fn(scorer_params, prompt_BP, prompt_mask_BP, out: sampling.SampleOutput, targets_N) -> {"rewards": [N],
+  ...} must be traceable (row n answers prompt n // G); with
   `score_with_policy` it gets the policy's parameters before this iteration's update instead of `scorer_params`.
   Advantages: `settings.advantage` of scores["rewards"], or with `design(scores, G) -> (rewards [N], advantages [N]
   or [N, T])` (a reward design, `spark.rewards.REWARD_DESIGNS`) whatever it makes of the scores.
@@ -279,7 +282,8 @@ def iteration(state: TrainState, ref_params, scorer_params, prompt_BP, prompt_ma
   G = settings.group_size
   out = rollout(state.params, prompt_BP, prompt_mask_BP, state.key(), cfg=cfg, settings=settings)
   scorer = state.params if score_with_policy else scorer_params
-  scores = check_scores(reward_fn(scorer, out, jnp.repeat(targets_B, G, axis=0)), out.tokens.shape[0],
+  scores = check_scores(reward_fn(scorer, prompt_BP, prompt_mask_BP, out, jnp.repeat(targets_B, G, axis=0)),
+                        out.tokens.shape[0],
                         need_rewards=design is None)
   if design is None:
     rewards = scores["rewards"]
