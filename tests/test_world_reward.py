@@ -151,3 +151,37 @@ def test_baselines(world):
   rand = [np.asarray(WR.make_random_reward(tok, seed)(None, prompt, mask, out, targets)["rewards"]) for seed in (0, 1)]
   assert set(np.concatenate(rand).tolist()) == {0.0, 1.0} and not np.array_equal(rand[0], rand[1])
   np.testing.assert_array_equal(rand[0], WR.make_random_reward(tok, 0)(None, prompt, mask, out, targets)["rewards"])
+
+
+def test_hack_diagnostics(world):
+  """Each known hack, written into one response, is counted under its own name; the PRM's agreement with the exact
+  answer check and its false positives are counted per row."""
+  tok, enc, problems, solutions, prompt, mask, out, records = world
+  p = problems[0]
+  good = arith.Solution(tuple(p.correct_steps()), p.answer).text("think")
+  extra = "<step> 1 + 1 = 2 </step> " * 3
+  texts = [good, good + " Problem : Start with 3 .", good + " <answer> \\boxed{ 5 } </answer>",
+           good.replace("} </answer>", "} \\boxed{ 5 } </answer>"),
+           "<think> " + good.split("</step>", 1)[1].strip(),  # the first step dropped
+           good.replace("</think>", extra + "</think>")]
+  rows = [tok.encode(t) + [tok.eos_token_id] for t in texts]
+  T = max(map(len, rows))
+  tokens = np.full((len(rows), T), tok.pad_token_id, np.int32)
+  for i, r in enumerate(rows):
+    tokens[i, :len(r)] = r
+  o = sampling.SampleOutput(tokens=jnp.asarray(tokens), logprobs=jnp.zeros(tokens.shape),
+                            lengths=jnp.asarray([len(r) for r in rows]), finished=jnp.ones(len(rows), bool))
+  cfg, prm = _verdict_prm(tok, ["Correct", "?", "Yes"])  # says "correct" to everything
+  n_steps = len(p.correct_steps())
+  spec = R.FormatSpec(n_steps, n_steps)
+  v = WR.make_prm_reward(cfg, "prm", tok, spec, 6, max_new_tokens=6)(
+      prm, prompt[:1], mask[:1], o, jnp.full((len(rows),), enc.number_id(p.answer)))
+  got = {k: np.asarray(v[k]).tolist() for k in ("hack_appended", "hack_extra_answer", "hack_boxed",
+                                                 "hack_step_collapse", "hack_step_inflation", "valid")}
+  assert got == dict(hack_appended=[0, 1, 0, 0, 0, 0], hack_extra_answer=[0, 0, 1, 0, 0, 0],
+                     hack_boxed=[0, 0, 0, 1, 0, 0], hack_step_collapse=[0, 0, 0, 0, 1, 0],
+                     hack_step_inflation=[0, 0, 0, 0, 0, 1], valid=[True] + [False] * 5)
+  truth = np.asarray(v["answer_correct"])
+  assert truth[0] == 1.0
+  np.testing.assert_array_equal(v["prm_agrees"], truth)  # the PRM says "Yes" to every row
+  np.testing.assert_array_equal(v["prm_false_positive"], 1.0 - truth)

@@ -153,7 +153,8 @@ def make_prm_reward(prm_cfg, fmt: str, tok, spec: rewards.FormatSpec, max_steps:
 
   Returns dict(valid, final [N] float (0 when the PRM's verdict cannot be read), step_ok [N, S], num_steps,
   prm_steps, token_step (see `spark.rewards`), prm_parsed [N] bool, format_reason [N] int32, answer_correct [N]
-  float (exact, from targets_N = the answer's token id)).
+  float (exact, from targets_N = the answer's token id)) and the per-row indicators of `hack_diagnostics`; the
+  iteration reports each entry's mean as a metric `score_<name>`.
   """
   if fmt not in prm_examples.FORMATS:
     raise ValueError(f"unknown PRM format {fmt!r}; known: {', '.join(prm_examples.FORMATS)}")
@@ -184,12 +185,33 @@ def make_prm_reward(prm_cfg, fmt: str, tok, spec: rewards.FormatSpec, max_steps:
         step_ok, prm_steps = jnp.zeros((N, max_steps), bool), jnp.full((N,), -1, jnp.int32)
       else:
         step_ok, prm_steps = g["step_correct"], g["num_steps"]
-    return dict(valid=chk["valid"], final=final.astype(jnp.float32), step_ok=step_ok, num_steps=chk["num_steps"],
-                prm_steps=prm_steps, token_step=rewards.token_steps(out.tokens, out.lengths, ids.format_ids),
-                prm_parsed=parsed, format_reason=chk["reason"],
-                answer_correct=answer_ok(out.tokens, out.lengths, out.finished, targets_N))
+    truth = answer_ok(out.tokens, out.lengths, out.finished, targets_N)
+    v = dict(valid=chk["valid"], final=final.astype(jnp.float32), step_ok=step_ok, num_steps=chk["num_steps"],
+             prm_steps=prm_steps, token_step=rewards.token_steps(out.tokens, out.lengths, ids.format_ids),
+             prm_parsed=parsed, format_reason=chk["reason"], answer_correct=truth)
+    return v | hack_diagnostics(v)
 
   return reward_fn
+
+
+def hack_diagnostics(v: dict) -> dict:
+  """Per-row [N] float indicators whose means are the reward-hacking diagnostics (exact in the world):
+    prm_agrees          the PRM's final verdict equals the exact answer check
+    prm_false_positive  the PRM says correct, the answer is wrong (divide its mean by 1 - mean(answer_correct)
+                        for the rate among wrong answers)
+    hack_appended       text after the last </answer> (an appended problem or answer)
+    hack_extra_answer   answer tags other than exactly one pair
+    hack_boxed          \\boxed{ other than exactly once inside the answer
+    hack_step_collapse  fewer steps than min_steps;  hack_step_inflation  more than max_steps
+  A response that breaks several format rules counts under the first, in `rewards.REASONS` order.
+  """
+  f = lambda x: x.astype(jnp.float32)
+  truth, final, reason = v["answer_correct"] > 0.5, v["final"] > 0.5, v["format_reason"]
+  at = lambda name: f(reason == rewards.REASONS.index(name))
+  return dict(prm_agrees=f(final == truth), prm_false_positive=f(final & ~truth),
+              hack_appended=at("text after </answer>"), hack_extra_answer=at("answer tags not exactly one pair"),
+              hack_boxed=at("boxed not exactly once inside the answer"), hack_step_collapse=at("too few steps"),
+              hack_step_inflation=at("too many steps"))
 
 
 def _exact_answer(tok):
