@@ -76,22 +76,26 @@ def test_sft_step_and_grpo_iteration(params, shape):
 
   settings = rl.GRPOSettings(sampling=sampling.SamplingParams(max_new_tokens=5, temperature=1.0, num_samples=4),
                              kl_coef=0.01)
-  reward_fn = lambda tokens, lengths, finished, targets: (tokens[:, 0] == targets).astype(jnp.float32)
+  reward_fn = rl.rule_reward(lambda tokens, lengths, finished, targets: (tokens[:, 0] == targets).astype(jnp.float32))
   it = rl.make_iteration(CFG, settings, tx, reward_fn)
   prompts, mask = sampling.pad_prompts([[1, 2, 3]] * 4 + [[5, 6]] * 4, 0)
   targets = jnp.arange(8) % 4
-  s_ref, r_ref = it(state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0), params, prompts, mask, targets)
+  s_ref, r_ref, roll_ref = it(state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0), params, None, prompts,
+                              mask, targets)
   # The pinned iteration: explicit in/out shardings from the state's layout, state donated.
   state_sh = state_lib.state_shardings(tx, transformer.abstract_params(CFG), sharding.param_shardings(CFG, mesh),
                                        mesh)
   pinned = rl.make_iteration(CFG, settings, tx, reward_fn, state_sharding=state_sh)
   state = state_lib.create_state(_place(params, mesh), tx, 0)
-  s_got, r_got = pinned(state, _place(params, mesh), prompts, mask, targets)
+  s_got, r_got, roll = pinned(state, _place(params, mesh), None, prompts, mask, targets)
   assert state.params["embed"].is_deleted()  # donated
   assert float(r_got["reward_mean"]) == float(r_ref["reward_mean"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4), s_ref.params,
                s_got.params)
   jax.tree.map(lambda x, want: _same_sharding(x, want), s_got, state_sh)
+  # The returned rollout is the reference's, its rows split over the data axes.
+  np.testing.assert_array_equal(np.asarray(roll.tokens), np.asarray(roll_ref.tokens))
+  _same_sharding(roll.tokens, sharding.batch_sharding(mesh, 2))
 
 
 def _same_sharding(x, want):
