@@ -19,6 +19,16 @@ def load_tokenizer(path: str | os.PathLike):
   if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
                                            "tokenizer.model")):
     raise FileNotFoundError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+  # A generic fast tokenizer (e.g. the world's) saved beside a model's config.json: AutoTokenizer would build the
+  # model type's own tokenizer class (Qwen2Tokenizer for qwen2), which re-creates the pre-tokenizer and encodes
+  # differently, so such a directory is read back as the tokenizer it was saved as.
+  cfg_file = path / "tokenizer_config.json"
+  if cfg_file.is_file() and (path / "tokenizer.json").is_file():
+    import json
+
+    cls = json.loads(cfg_file.read_text()).get("tokenizer_class")
+    if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+      return PreTrainedTokenizerFast.from_pretrained(str(path))
   return AutoTokenizer.from_pretrained(str(path))
 
 
