@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import jax
 
 from sparkjax.spark import verdicts as vd
 
@@ -46,6 +47,17 @@ def test_stages_files_resume_and_bad_records(tmp_path):
   assert trained, results["stage2"]
   for k in trained:
     assert results["stage2"][k]["train_records"] > 0 and "outcome" in results["stage2"][k]
+  # Every trained PRM is a HF directory with the world tokenizer (Stage III and ProcessBench load it).
+  from sparkjax.models import hf, tokenizer as tok_lib
+
+  for k in trained:
+    d = Path(results["stage2"][k]["prm_dir"])
+    assert d == tmp_path / "prms" / k.replace(":", "_")
+    cfg = hf.load_config(d)
+    params, _ = hf.load_params(d, cfg)
+    assert cfg.num_params() == sum(x.size for x in jax.tree.leaves(params))
+    world_tok = tok_lib.load_tokenizer(tmp_path / "tokenizer")
+    assert tok_lib.load_tokenizer(d).encode("Step 1 : 2 + 3 = 5") == world_tok.encode("Step 1 : 2 + 3 = 5")
   assert "| PRM (Stage II)" in r.stdout and "| paper claim |" in r.stdout
   # The report: headline figures, each claim with its figures, phase times and the F1-against-N picture.
   head = results["headline"]
@@ -81,3 +93,5 @@ def test_stages_files_resume_and_bad_records(tmp_path):
   assert res["bad_records"] == 2 and res["train_records"] == len(lines)
   assert "2 records of" in r3.stderr and "left out" in r3.stderr
   assert sum("done before" in line for line in r3.stderr.splitlines() if "stage II" in line) == len(done)
+  # The retrained PRM replaced its directory; nothing half-written is left beside it.
+  assert Path(res["prm_dir"]).is_dir() and not list((tmp_path / "prms").glob("*.new"))

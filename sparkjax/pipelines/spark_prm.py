@@ -15,6 +15,8 @@ output is already there, so a killed run continues where it stopped.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from sparkjax import config_check, distributed, text_generation
 from sparkjax.data import arith, world_data
 from sparkjax.data.grading import make_suffix_reward
 from sparkjax.eval import processbench
+from sparkjax.models import hf
 from sparkjax.pipelines import arith_rl, common
 from sparkjax.spark import prm_examples, prm_scorers, prm_train
 from sparkjax.spark import stage_report
@@ -306,6 +309,21 @@ def run_schedule(c, fmt: str):
   return steps, optimizer
 
 
+def save_prm(params, cfg, tokenizer, out_dir: Path):
+  """A trained PRM as a Hugging Face directory (config.json, model.safetensors, the world tokenizer), for Stage III
+  and `sparkjax.eval.processbench --format`. A PRM trained again replaces its directory only once the new one is
+  complete."""
+  if not distributed.is_main():
+    return
+  tmp = out_dir.with_name(out_dir.name + ".new")
+  if tmp.exists():
+    shutil.rmtree(tmp)
+  hf.save_params(jax.tree.map(common.host, params), cfg, tmp, extra_files=lambda d: tokenizer.save_pretrained(str(d)))
+  if out_dir.exists():
+    shutil.rmtree(out_dir)
+  os.replace(tmp, out_dir)
+
+
 def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, items, writer, target_len: int) -> dict:
   """Trains one PRM per (data variant, format) in `stage2.runs` and scores it; results kept per run."""
   c = config.stage2
@@ -336,8 +354,10 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     params, history = prm_train.train_prm(base_params, cfg, examples, fmt, optimizer, steps, c.batch_size,
                                           config.seed, writer=writer, label_ids=label_ids, **disc)
     res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)
+    prm_dir = workdir / "prms" / run.replace(":", "_")
+    save_prm(params, cfg, tokenizer, prm_dir)
     res.update(train_records=len(records), bad_records=len(bad), train_steps=steps, train_seconds=time.time() - t0,
-               final_loss=history[-1]["loss"] if history else None)
+               final_loss=history[-1]["loss"] if history else None, prm_dir=str(prm_dir))
     results[run] = res
     common.say(f"stage II {run}: ProcessBench F1 {_num(res.get('f1'))} (acc_err {_num(res.get('acc_err'))}, "
                f"acc_cor {_num(res.get('acc_cor'))}), outcome F1 {_num(res['outcome']['f1'], 3)}; {len(records)} "
