@@ -1,5 +1,7 @@
 """The arithmetic world: exact ground truth, corruption model, tokenizer, grain iterator, device reward."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -143,3 +145,37 @@ def test_heldout_split_is_disjoint_from_every_training_stream(tok):
     arith.problem_at(6, 0, plain, "heldout")
   with pytest.raises(ValueError, match="heldout_every=-1"):
     arith.WorldConfig(heldout_every=-1)
+
+
+def test_misconceptions_are_systematic_and_only_in_demonstrations():
+  """A misconceived fact is written wrong in every demonstration that uses it (from the value written before it),
+  the exact labels still mark it incorrect, the share of misconceived facts follows the knob, and 0 changes
+  nothing."""
+  base = arith.WorldConfig(min_ops=2, max_ops=4, max_operand=5, max_value=30, ops="+-")
+  world = dataclasses.replace(base, misconceptions=0.25)
+  facts = [(a, op, b) for a in range(31) for op in "+-" for b in range(1, 6)]
+  share = np.mean([arith.misconceived(world, *f) is not None for f in facts])
+  assert 0.18 < share < 0.32 and all(arith.misconceived(base, *f) is None for f in facts)
+  for f in facts:
+    w = arith.misconceived(world, *f)
+    if w is not None:
+      assert 0 <= w <= 30 and abs(w - min(max(arith.OPS[f[1]](f[0], f[2]), 0), 30)) == 1
+  seen_wrong = 0
+  for i in range(200):
+    p = arith.problem_at(1, i, world)
+    d = arith.demonstration(p, np.random.default_rng(i), world, p_error=0.0)
+    plain = arith.demonstration(p, np.random.default_rng(i), base, p_error=0.0)
+    assert plain == arith.Solution(tuple(p.correct_steps()), p.answer)
+    v = p.start
+    for k, (s, (op, x)) in enumerate(zip(d.steps, p.ops)):
+      assert (s.lhs, s.op, s.rhs) == (v, op, x)
+      belief = arith.misconceived(world, v, op, x)
+      assert s.result == (belief if belief is not None else min(max(arith.OPS[op](v, x), 0), 30))
+      v = s.result
+    if d != plain:
+      seen_wrong += 1
+      labels = arith.process_labels(p, d.steps, d.answer)
+      assert not all(labels)  # the exact labels see the misconception as an error
+  assert seen_wrong > 40
+  with pytest.raises(ValueError, match="misconceptions=1.5"):
+    arith.WorldConfig(misconceptions=1.5)

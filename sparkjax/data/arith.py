@@ -38,6 +38,9 @@ class WorldConfig:
   k) is held out: `problem_at` draws it only for split="heldout", so no training stream ever sees it. A small
   world has few distinct problems (2-3 operations on operands up to 3: 475), and independent streams then share
   most of them.
+  misconceptions: the fraction of arithmetic facts (`lhs op rhs`) that the SFT demonstrator always gets wrong
+  (`demonstration`), so a policy trained on its demonstrations inherits systematic errors that sampling more does
+  not fix and RL can; 0 = none. Only demonstrations change: exact labels and rewards keep the true arithmetic.
   """
 
   min_ops: int = 2
@@ -47,6 +50,7 @@ class WorldConfig:
   ops: str = "+-*"
   max_start: int = 0
   heldout_every: int = 0
+  misconceptions: float = 0.0
 
   def __post_init__(self):
     if not 1 <= self.min_ops <= self.max_ops:
@@ -59,6 +63,8 @@ class WorldConfig:
       raise ValueError(f"max_start={self.max_start} outside [0, max_value={self.max_value}] (0 = max_operand)")
     if isinstance(self.heldout_every, bool) or not isinstance(self.heldout_every, int) or self.heldout_every < 0:
       raise ValueError(f"heldout_every={self.heldout_every!r}: expected an integer >= 0 (0 = no held-out split)")
+    if not 0.0 <= self.misconceptions <= 1.0:
+      raise ValueError(f"misconceptions={self.misconceptions!r}: expected a fraction in [0, 1] (0 = none)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +254,44 @@ def sample_solution(problem: Problem, rng: np.random.Generator, world: WorldConf
   if rng.random() >= p_error:
     return Solution(tuple(problem.correct_steps()), problem.answer)
   return corrupt(problem, rng, world)
+
+
+# ---- misconceptions ----------------------------------------------------------------------------------------------
+
+
+def misconceived(world: WorldConfig, lhs: int, op: str, rhs: int) -> int | None:
+  """The result the demonstrator believes for `lhs op rhs` when it is one of its misconceptions, else None.
+
+  A fact is misconceived when the CRC-32 of its text falls in the lowest `world.misconceptions` share of the hash
+  range; the belief is the true result + 1 or - 1 (by the hash's low bit; the other sign at the range's edge),
+  in [0, max_value]. Fixed per world: the same facts are wrong in every demonstration.
+  """
+  if not world.misconceptions:
+    return None
+  h = zlib.crc32(f"{lhs} {op} {rhs}".encode())
+  if h >= world.misconceptions * 2**32:
+    return None
+  true = min(max(OPS[op](lhs, rhs), 0), world.max_value)
+  wrong = true + (1 if h & 1 else -1)
+  return wrong if 0 <= wrong <= world.max_value else true - (1 if h & 1 else -1)
+
+
+def demonstration(problem: Problem, rng: np.random.Generator, world: WorldConfig, p_error: float) -> Solution:
+  """An SFT demonstration: `sample_solution` as a demonstrator with the world's misconceptions writes it. Each step
+  starts from the value written before it; a misconceived fact gets the believed result, a step the corruption
+  model slipped on keeps its slip, every other step is computed right."""
+  solution = sample_solution(problem, rng, world, p_error)
+  if not world.misconceptions:
+    return solution
+  steps, v = [], problem.start
+  for s in solution.steps:
+    slipped = s.result != min(max(OPS[s.op](s.lhs, s.rhs), 0), world.max_value)
+    believed = misconceived(world, v, s.op, s.rhs)
+    r = s.result if slipped else believed if believed is not None else min(max(OPS[s.op](v, s.rhs), 0),
+                                                                           world.max_value)
+    steps.append(Step(v, s.op, s.rhs, r))
+    v = r
+  return Solution(tuple(steps), v)
 
 
 # ---- text formats ------------------------------------------------------------------------------------------------

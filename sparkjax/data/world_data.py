@@ -66,7 +66,8 @@ def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str
                   process_count: int = 1, p_error: float = 0.0) -> grain.IterDataset:
   """An endless, batched stream of this process's rows of each global batch; kind is "rl" or "sft".
 
-  For SFT, p_error is the fraction of demonstrations written by the corruption model (an imperfect generator).
+  For SFT, p_error is the fraction of demonstrations written by the corruption model (an imperfect generator), and
+  the world's misconceptions are written into every demonstration (`arith.demonstration`).
   """
   if global_batch % process_count:
     raise ValueError(f"global batch {global_batch} does not divide over {process_count} processes")
@@ -76,7 +77,7 @@ def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str
     problem = arith.problem_at(seed, int(i), world)
     if kind == "rl":
       return encoder.rl_example(problem)
-    solution = arith.sample_solution(problem, np.random.default_rng([seed, int(i), 1]), world, p_error)
+    solution = arith.demonstration(problem, np.random.default_rng([seed, int(i), 1]), world, p_error)
     return encoder.sft_example(problem, solution)
 
   if kind not in ("rl", "sft"):
