@@ -8,9 +8,9 @@ Workload: the main job's world and policy (configs/arith.py: 2-4 operations on n
 writing the RL format, 16 prompts x 8 samples, KL 0.04 against a reference; the PRM has the size of
 configs/spark_prm.py's (2 x 64) on the same vocabulary. Random weights on both: no row stops early, so the rollout
 and the PRM-CoT decode run their full lengths (the policy's response slots, the world's longest verification):
-the worst case of a trained run. Each program is timed alone (jitted, inputs ready, `block_until_ready`), median
-of --reps calls after two untimed ones; "sum of parts" adds rollout + scoring + update for comparison with the one
-jitted iteration.
+the worst case of a trained run. Each program is timed alone (jitted, inputs ready, `block_until_ready`; a donated
+train state is built before the clock starts), median of --reps calls after two untimed ones; "sum of parts" adds
+rollout + scoring + update for comparison with the one jitted iteration.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import ml_collections  # noqa: E402
 from sparkjax import sampling  # noqa: E402
 from sparkjax.data import arith, world_data  # noqa: E402
 from sparkjax.models import transformer  # noqa: E402
-from sparkjax.models.config import ModelConfig  # noqa: E402
+from sparkjax.pipelines import arith_rl  # noqa: E402
 from sparkjax.rl import grpo  # noqa: E402
 from sparkjax.rl import iteration as rl  # noqa: E402
 from sparkjax.spark import rewards as R  # noqa: E402
@@ -40,14 +40,17 @@ from sparkjax.spark import world_verifier as wv  # noqa: E402
 from sparkjax.train import state as state_lib  # noqa: E402
 
 
-def _time(fn, reps: int) -> float:
-  for _ in range(2):
-    jax.block_until_ready(fn())
+def _time(fn, reps: int, make_arg=None) -> float:
+  """Median seconds of `fn(arg)` over `reps` calls after two untimed ones; `make_arg()` (untimed) builds each
+  call's argument, e.g. a fresh train state for a program that donates it."""
+  make_arg = make_arg or (lambda: None)
   times = []
-  for _ in range(reps):
+  for i in range(reps + 2):
+    arg = jax.block_until_ready(make_arg())
     t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
+    jax.block_until_ready(fn(arg))
+    if i >= 2:
+      times.append(time.perf_counter() - t0)
   return statistics.median(times)
 
 
@@ -60,10 +63,9 @@ def main():
   world = arith.WorldConfig(min_ops=2, max_ops=4, max_operand=5, max_value=30, ops="+-")
   tok = arith.build_tokenizer(world.max_value)
   enc = world_data.WorldEncoder(world, tok, "think")
-  model = lambda h, i, n, heads, kv: ModelConfig(
-      model_type="qwen2", vocab_size=len(tok), hidden_size=h, intermediate_size=i, num_layers=n, num_heads=heads,
-      num_kv_heads=kv, head_dim=h // heads, qkv_bias=True, tie_embeddings=True, max_position_embeddings=512,
-      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+  # The world pipelines' model builder, at configs/arith.py's policy size and configs/spark_prm.py's PRM size.
+  model = lambda h, i, n, heads, kv: arith_rl.model_config(ml_collections.ConfigDict(dict(model=dict(
+      hidden_size=h, intermediate_size=i, num_layers=n, num_heads=heads, num_kv_heads=kv, dtype="float32"))), tok)
   cfg, prm_cfg = model(128, 384, 4, 4, 2), model(64, 128, 2, 2, 1)
   opt = ml_collections.ConfigDict(dict(lr=1e-4, total_steps=10, warmup_steps=0, schedule="constant", b1=0.9,
                                        b2=0.99, weight_decay=0.0, grad_clip=1.0))
@@ -88,21 +90,21 @@ def main():
   update = rl.make_update(cfg, settings, tx, schedule)
   out = rollout(params, prompt, mask, jax.random.key(2))
   fresh = lambda: state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0)
-  t_rollout = _time(lambda: rollout(params, prompt, mask, jax.random.key(2)), args.reps)
+  t_rollout = _time(lambda _: rollout(params, prompt, mask, jax.random.key(2)), args.reps)
   print(f"policy {cfg.num_params() / 1e6:.2f}M params, PRM {prm_cfg.num_params() / 1e6:.2f}M; {B} prompts x {G} "
         f"samples, {enc.solution_len} response slots, PRM-CoT decode {verify_len} tokens; {jax.devices()[0]}")
   rows = {}
   for name, (reward_fn, design_name) in rewards.items():
     design = (functools.partial(R.REWARD_DESIGNS[design_name], advantage="grpo") if design_name else None)
     score = jax.jit(reward_fn)
-    t_score = _time(lambda: score(prm, prompt, mask, out, jnp.repeat(target, G)), args.reps)
+    t_score = _time(lambda _: score(prm, prompt, mask, out, jnp.repeat(target, G)), args.reps)
     scores = score(prm, prompt, mask, out, jnp.repeat(target, G))
     _, adv = design(scores, G) if design else (None, grpo.grpo_advantages(scores["rewards"], G))
     upd = dict(prompt=prompt, prompt_mask=mask, tokens=out.tokens, lengths=out.lengths, old_logp=out.logprobs,
                advantages=adv)
-    t_update = _time(lambda: update(fresh(), params, upd), args.reps)
+    t_update = _time(lambda state: update(state, params, upd), args.reps, fresh)
     step = rl.make_iteration(cfg, settings, tx, reward_fn, schedule, design=design)
-    t_iter = _time(lambda: step(fresh(), params, prm, prompt, mask, target), args.reps)
+    t_iter = _time(lambda state: step(state, params, prm, prompt, mask, target), args.reps, fresh)
     rows[name] = dict(rollout=t_rollout, scoring=t_score, update=t_update, iteration=t_iter,
                       sum_of_parts=t_rollout + t_score + t_update)
   print("| reward | rollout s | PRM scoring s | update s | sum of parts s | one jitted iteration s |")

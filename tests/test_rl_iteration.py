@@ -361,7 +361,7 @@ def test_scores_are_checked(setup):
 def test_grpo_loop_counts_its_own_iterations(tmp_path):
   """The loop resumes from the iteration count its checkpoint stores, not from the optimizer step: here each
   iteration makes three optimizer updates (as a policy update plus judge updates would), so step // mu is wrong."""
-  from sparkjax.rl import loop as rl_loop
+  from sparkjax.pipelines import grpo_loop
   from sparkjax.train import metrics as metrics_lib
   from sparkjax.train.checkpoint import Checkpointer
 
@@ -400,11 +400,11 @@ def test_grpo_loop_counts_its_own_iterations(tmp_path):
             checkpoint_every=2, rollouts_per_iteration=2, what="batch",
             evaluate=lambda i, p: evals.append(i) or dict(i=i), eval_every=2)
   ckpt = Checkpointer(tmp_path / "ck")
-  r = rl_loop.run_grpo(iterate, fresh(), Batches(), iterations=2, ckpt=ckpt, **kw)
+  r = grpo_loop.run_grpo(iterate, fresh(), Batches(), iterations=2, ckpt=ckpt, **kw)
   ckpt.close()
   assert (r.iterations, int(r.state.step), calls, evals) == (2, 6, [1, 2], [2])
   ckpt = Checkpointer(tmp_path / "ck")
-  r = rl_loop.run_grpo(iterate, fresh(), Batches(), iterations=5, ckpt=ckpt, **kw)
+  r = grpo_loop.run_grpo(iterate, fresh(), Batches(), iterations=5, ckpt=ckpt, **kw)
   ckpt.close()
   # Resumed after iteration 2 (not 6 // mu), with the data iterator where it stopped.
   assert (r.iterations, int(r.state.step), calls, evals) == (5, 15, [1, 2, 3, 4, 5], [2, 4, 5])

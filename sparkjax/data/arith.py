@@ -234,10 +234,14 @@ def corrupt(problem: Problem, rng: np.random.Generator, world: WorldConfig, kind
     r = OPS[op](v, x)
     if i == at and kind == "wrong_result":
       r = _other(r, rng, 0, world.max_value)
-    r = min(max(r, 0), world.max_value)  # stay inside the tokenizer's number range
+    r = _clip(r, world)  # stay inside the tokenizer's number range
     steps.append(Step(v, op, x, r))
     v = r
   return Solution(tuple(steps), v)
+
+
+def _clip(v: int, world: WorldConfig) -> int:
+  return min(max(v, 0), world.max_value)
 
 
 def _other(x: int, rng: np.random.Generator, lo: int, hi: int) -> int:
@@ -271,7 +275,7 @@ def misconceived(world: WorldConfig, lhs: int, op: str, rhs: int) -> int | None:
   h = zlib.crc32(f"{lhs} {op} {rhs}".encode())
   if h >= world.misconceptions * 2**32:
     return None
-  true = min(max(OPS[op](lhs, rhs), 0), world.max_value)
+  true = _clip(OPS[op](lhs, rhs), world)
   wrong = true + (1 if h & 1 else -1)
   return wrong if 0 <= wrong <= world.max_value else true - (1 if h & 1 else -1)
 
@@ -285,10 +289,9 @@ def demonstration(problem: Problem, rng: np.random.Generator, world: WorldConfig
     return solution
   steps, v = [], problem.start
   for s in solution.steps:
-    slipped = s.result != min(max(OPS[s.op](s.lhs, s.rhs), 0), world.max_value)
+    slipped = s.result != _clip(OPS[s.op](s.lhs, s.rhs), world)
     believed = misconceived(world, v, s.op, s.rhs)
-    r = s.result if slipped else believed if believed is not None else min(max(OPS[s.op](v, s.rhs), 0),
-                                                                           world.max_value)
+    r = s.result if slipped else believed if believed is not None else _clip(OPS[s.op](v, s.rhs), world)
     steps.append(Step(v, s.op, s.rhs, r))
     v = r
   return Solution(tuple(steps), v)

@@ -33,12 +33,8 @@ class WorldEncoder:
     return self.tok.convert_tokens_to_ids(str(n))
 
   def answer_template(self) -> tuple[list[int], int, list[int]]:
-    """(token suffix a correct response ends with, index of the number in it, tokens that must occur once)."""
-    if self.fmt == "steps":
-      ids = self.tok.convert_tokens_to_ids(["Answer", ":", "0"]) + [self.eos]
-      return ids, 2, [ids[0]]
-    ids = self.tok.convert_tokens_to_ids(["<answer>", "\\boxed{", "0", "}", "</answer>"]) + [self.eos]
-    return ids, 2, [ids[0], ids[1]]
+    """See `answer_template`."""
+    return answer_template(self.tok, self.fmt)
 
   def rl_example(self, problem: arith.Problem) -> dict:
     ids = self.encode_prompt(problem)
@@ -60,6 +56,16 @@ class WorldEncoder:
     mask = np.zeros(L, bool)
     mask[:len(p) + len(t)] = True
     return dict(tokens=tokens, loss_mask=loss_mask, mask=mask)
+
+
+def answer_template(tok, fmt: str) -> tuple[list[int], int, list[int]]:
+  """(token suffix a correct response of format `fmt` ends with, index of the number in it, tokens that must occur
+  once): the world's exact answer check (`data.grading.make_suffix_reward`)."""
+  if fmt == "steps":
+    ids = tok.convert_tokens_to_ids(["Answer", ":", "0"]) + [tok.eos_token_id]
+    return ids, 2, [ids[0]]
+  ids = tok.convert_tokens_to_ids(["<answer>", "\\boxed{", "0", "}", "</answer>"]) + [tok.eos_token_id]
+  return ids, 2, [ids[0], ids[1]]
 
 
 def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str, process_index: int = 0,

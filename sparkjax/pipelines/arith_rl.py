@@ -19,9 +19,8 @@ from sparkjax.data.grading import make_suffix_reward
 from sparkjax.data.host_grading import GRADERS
 from sparkjax.models import transformer
 from sparkjax.models.config import ModelConfig
-from sparkjax.pipelines import common
+from sparkjax.pipelines import common, grpo_loop
 from sparkjax.rl import iteration as rl_iteration
-from sparkjax.rl import loop as rl_loop
 from sparkjax.rl.host_reward import HostRewardIteration
 from sparkjax.train import metrics as metrics_lib
 from sparkjax.train import sft, state as state_lib
@@ -155,7 +154,7 @@ def rl_phase(config, workdir: Path, cfg, encoder, evaluate, reward_fn, sft_param
     return dict(accuracy=float(acc), greedy_accuracy=float(greedy_acc))
 
   try:
-    result = rl_loop.run_grpo(iterate, state, it, iterations=c.iterations, ref_params=ref_params, ckpt=ckpt,
+    result = grpo_loop.run_grpo(iterate, state, it, iterations=c.iterations, ref_params=ref_params, ckpt=ckpt,
                               writer=writer, place=place, checkpoint_every=config.checkpoint.every,
                               rollouts_per_iteration=c.batch_size,
                               what="rl.batch_size / rl.group_size (prompts per iteration)", evaluate=run_eval,

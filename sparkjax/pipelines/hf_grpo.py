@@ -18,9 +18,8 @@ from sparkjax.data.host_grading import GraderPool
 from sparkjax.models import hf
 from sparkjax.models import tokenizer as tok_lib
 from sparkjax.models.config import ModelConfig
-from sparkjax.pipelines import common
+from sparkjax.pipelines import common, grpo_loop
 from sparkjax.rl import iteration as rl_iteration
-from sparkjax.rl import loop as rl_loop
 from sparkjax.rl.host_reward import HostRewardIteration
 from sparkjax.train import metrics as metrics_lib
 from sparkjax.train import state as state_lib
@@ -187,7 +186,7 @@ def run(config, workdir: str) -> dict:
       common.say(f"iteration {i}: held-out greedy accuracy {acc:.3f} on {len(texts)} problems ({e.path})")
       return dict(accuracy=acc)
 
-    result = rl_loop.run_grpo(iterate, state, it, iterations=c.iterations, ref_params=ref_params, ckpt=ckpt,
+    result = grpo_loop.run_grpo(iterate, state, it, iterations=c.iterations, ref_params=ref_params, ckpt=ckpt,
                               writer=writer, place=place, checkpoint_every=config.checkpoint.every,
                               rollouts_per_iteration=c.batch_size,
                               what="rl.batch_size / rl.group_size (prompts per iteration)",

@@ -313,12 +313,13 @@ def save_prm(params, cfg, tokenizer, out_dir: Path):
   """A trained PRM as a Hugging Face directory (config.json, model.safetensors, the world tokenizer), for Stage III
   and `sparkjax.eval.processbench --format`. A PRM trained again replaces its directory only once the new one is
   complete."""
+  host = jax.tree.map(common.host, params)  # a gather every process joins, before only the main one writes
   if not distributed.is_main():
     return
   tmp = out_dir.with_name(out_dir.name + ".new")
   if tmp.exists():
     shutil.rmtree(tmp)
-  hf.save_params(jax.tree.map(common.host, params), cfg, tmp, extra_files=lambda d: tokenizer.save_pretrained(str(d)))
+  hf.save_params(host, cfg, tmp, extra_files=lambda d: tokenizer.save_pretrained(str(d)))
   if out_dir.exists():
     shutil.rmtree(out_dir)
   os.replace(tmp, out_dir)

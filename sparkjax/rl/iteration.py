@@ -273,8 +273,8 @@ def iteration(state: TrainState, ref_params, scorer_params, prompt_BP, prompt_ma
   """One whole GRPO iteration on device: (state, prompts, per-prompt targets) -> (state, metrics, rollout).
 
   reward_fn(scorer_params, prompt_BP, prompt_mask_BP, out: sampling.SampleOutput, targets_N) -> {"rewards": [N],
-  ...} must be traceable (row n answers prompt n // G); with
-  `score_with_policy` it gets the policy's parameters before this iteration's update instead of `scorer_params`.
+  ...} must be traceable (row n answers prompt n // G); with `score_with_policy` it gets the policy's parameters
+  before this iteration's update instead of `scorer_params`.
   Advantages: `settings.advantage` of scores["rewards"], or with `design(scores, G) -> (rewards [N], advantages [N]
   or [N, T])` (a reward design, `spark.rewards.REWARD_DESIGNS`) whatever it makes of the scores.
   The PRNG key is fold_in(state.rng, state.step), so an iteration is a pure function of its inputs.
@@ -283,8 +283,7 @@ def iteration(state: TrainState, ref_params, scorer_params, prompt_BP, prompt_ma
   out = rollout(state.params, prompt_BP, prompt_mask_BP, state.key(), cfg=cfg, settings=settings)
   scorer = state.params if score_with_policy else scorer_params
   scores = check_scores(reward_fn(scorer, prompt_BP, prompt_mask_BP, out, jnp.repeat(targets_B, G, axis=0)),
-                        out.tokens.shape[0],
-                        need_rewards=design is None)
+                        out.tokens.shape[0], need_rewards=design is None)
   if design is None:
     rewards = scores["rewards"]
     adv = grpo.ADVANTAGES[settings.advantage](rewards, G)

@@ -215,12 +215,11 @@ def hack_diagnostics(v: dict) -> dict:
 
 
 def _exact_answer(tok):
-  """The world's exact answer check in the RL format (`data.grading.make_suffix_reward`, the template of
-  `data.world_data.WorldEncoder.answer_template` for "think")."""
+  """The world's exact answer check in the RL format."""
+  from sparkjax.data import world_data
   from sparkjax.data.grading import make_suffix_reward
 
-  ids = tok.convert_tokens_to_ids(["<answer>", "\\boxed{", "0", "}", "</answer>"]) + [tok.eos_token_id]
-  return make_suffix_reward(ids, 2, [ids[0], ids[1]])
+  return make_suffix_reward(*world_data.answer_template(tok, "think"))
 
 
 def make_rlvr_reward(tok):
