@@ -1,7 +1,6 @@
 """The one batched generator: any batching gives the same completions as one call per prompt."""
 
 import jax
-import numpy as np
 import pytest
 
 from sparkjax import sampling, sharding, text_generation
