@@ -259,3 +259,32 @@ def test_one_line_joins_multiline_messages():
 
   assert cli.one_line(ValueError("a\n  b\n")) == "a b"
   assert cli.one_line(OSError("disk full")) == "disk full"
+
+
+@pytest.mark.parametrize("overrides,needles", [
+    # Guards that zero every correct 3-operation solution, or that the world's number tokens cannot write.
+    (["--config.stage3.max_steps=2"], ["stage3.max_steps=2", "contradict", "2-3 operations"]),
+    (["--config.stage3.min_steps=3"], ["stage3.min_steps=3", "min_steps <= 2"]),
+    (["--config.stage3.max_steps=13"], ["stage3.max_steps=13", "world.max_value=12"]),
+    (["--config.stage3.runs=['rlvr', 'gold_prm']"], ["stage3.runs='gold_prm/process_outcome'", "does not train",
+                                                     "step_consistency_prm_cot"]),
+    (["--config.stage3.runs=['step_consistency_prm_cot/best']"], ["stage3.runs=", "unknown reward design 'best'"]),
+    (["--config.stage3.runs=['rlvr/format_off']"], ["stage3.runs='rlvr/format_off'", "only for PRM rewards"]),
+])
+def test_spark_stage3_fields(tmp_path, overrides, needles):
+  r = _run("sparkjax.main", f"--config={ROOT / 'configs' / 'spark.py'}:runlocal", *overrides,
+           f"--workdir={tmp_path / 'w'}")
+  _user_error(r, *needles)
+  assert not (tmp_path / "w").exists()
+
+
+def test_spark_rl_needs_its_prms(tmp_path):
+  cfg = f"--config={ROOT / 'configs' / 'spark_rl.py'}:runlocal"
+  _user_error(_run("sparkjax.main", cfg, f"--workdir={tmp_path / 'w'}"), "stage3.prm_root=''",
+              "directory of trained PRMs")
+  (tmp_path / "prms" / "other_prm").mkdir(parents=True)
+  (tmp_path / "prms" / "other_prm" / "config.json").write_text("{}")
+  _user_error(_run("sparkjax.main", cfg, f"--config.stage3.prm_root={tmp_path / 'prms'}",
+                   f"--workdir={tmp_path / 'w'}"), "stage3.runs='step_consistency_prm_cot/process_outcome'",
+              "holds no PRM", "PRMs in", "other_prm")
+  assert not (tmp_path / "w").exists()

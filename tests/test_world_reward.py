@@ -185,3 +185,93 @@ def test_hack_diagnostics(world):
   assert truth[0] == 1.0
   np.testing.assert_array_equal(v["prm_agrees"], truth)  # the PRM says "Yes" to every row
   np.testing.assert_array_equal(v["prm_false_positive"], 1.0 - truth)
+  # The control run without the constraint: every row counts as valid for the designs, the diagnostics stay.
+  off = WR.make_prm_reward(cfg, "prm", tok, spec, 6, max_new_tokens=6, enforce_format=False)(
+      prm, prompt[:1], mask[:1], o, jnp.full((len(rows),), enc.number_id(p.answer)))
+  np.testing.assert_array_equal(off["valid"], True)
+  np.testing.assert_array_equal(off["format_valid"], got["valid"])
+  for k in ("hack_appended", "hack_boxed", "hack_step_inflation"):
+    np.testing.assert_array_equal(off[k], got[k])
+  r_on, _ = R.REWARD_DESIGNS["process_outcome"](v, len(rows))
+  r_off, _ = R.REWARD_DESIGNS["process_outcome"](off, len(rows))
+  np.testing.assert_array_equal(r_on, [1, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(r_off, 1.0)  # the PRM says "Yes" to every hack
+  # The baselines report the same format diagnostics beside their reward, without applying them.
+  targets = jnp.full((len(rows),), enc.number_id(p.answer))
+  rlvr = WR.make_rlvr_reward(tok, spec)(None, prompt[:1], mask[:1], o, targets)
+  np.testing.assert_array_equal(rlvr["format_valid"], got["valid"])
+  np.testing.assert_array_equal(rlvr["hack_boxed"], got["hack_boxed"])
+  rand = WR.make_random_reward(tok, 0, spec)(None, prompt[:1], mask[:1], o, targets)
+  np.testing.assert_array_equal(rand["hack_appended"], got["hack_appended"])
+
+
+def _stage3_iteration(tok, enc, state_sharding=None, scorer_sharding=None):
+  import ml_collections
+
+  from sparkjax.rl import iteration as rl
+  from sparkjax.train import state as state_lib
+
+  cfg = ModelConfig.tiny("qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_heads=2,
+                         num_kv_heads=1, max_position_embeddings=512)
+  prm_cfg, prm = _verdict_prm(tok, ["Correct", "Incorrect", "?", "Yes"])
+  tx, schedule = state_lib.make_optimizer(ml_collections.ConfigDict(dict(
+      lr=1e-2, total_steps=10, warmup_steps=0, schedule="constant", b1=0.9, b2=0.99, weight_decay=0.0,
+      grad_clip=1.0)))
+  sp = sampling.SamplingParams(max_new_tokens=enc.solution_len, temperature=1.0, num_samples=4,
+                               stop_tokens=(enc.eos,), pad_id=enc.pad)
+  # No format guard on steps and the control run's switch: rows get non-zero rewards from an untrained policy.
+  inner = WR.make_prm_reward(prm_cfg, "prm", tok, R.FormatSpec(0, 3), S, max_new_tokens=8, enforce_format=False)
+  design = functools.partial(R.REWARD_DESIGNS["global_step"], advantage="grpo")
+  step = rl.make_iteration(cfg, rl.GRPOSettings(sampling=sp, kl_coef=0.01), tx, inner, schedule, state_sharding,
+                           scorer_sharding, design=design)
+  return cfg, prm_cfg, prm, tx, step
+
+
+def test_stage3_iteration_sharded_equals_one_device(world):
+  """The PRM-reward iteration on 8 devices (data parallel, and data x fsdp x tp) equals one device."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 (fake) devices")
+  from sparkjax import sharding
+  from sparkjax.train import state as state_lib
+
+  tok, enc = world[0], world[1]
+  cfg, prm_cfg, prm, tx, step = _stage3_iteration(tok, enc)
+  params = transformer.init_params(cfg, jax.random.key(1), std=0.1)
+  b = next(iter(world_data.world_dataset(enc, 0, 8, "rl")))
+  ref_state, ref_m, ref_roll = step(state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0), params, prm,
+                                    b["prompt"], b["prompt_mask"], b["target"])
+  assert float(ref_m["reward_mean"]) > 0 and float(jnp.abs(ref_roll.advantages).sum()) > 0
+  for shape in ((8, 1, 1), (2, 2, 2)):
+    mesh = sharding.make_mesh(sharding.MeshConfig(*shape))
+    p_sh, prm_sh = sharding.param_shardings(cfg, mesh), sharding.param_shardings(prm_cfg, mesh)
+    state_sh = state_lib.state_shardings(tx, transformer.abstract_params(cfg), p_sh, mesh)
+    _, _, _, _, pinned = _stage3_iteration(tok, enc, state_sh, prm_sh)
+    place = lambda t, s: jax.device_put(jax.tree.map(jnp.copy, t), s)
+    state = state_lib.create_state(place(params, p_sh), tx, 0)
+    rows = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))
+    got, m, roll = pinned(state, place(params, p_sh), place(prm, prm_sh), rows(b["prompt"]), rows(b["prompt_mask"]),
+                          rows(b["target"]))
+    np.testing.assert_array_equal(np.asarray(roll.tokens), np.asarray(ref_roll.tokens))
+    np.testing.assert_allclose(np.asarray(roll.advantages), np.asarray(ref_roll.advantages), atol=1e-5)
+    assert float(m["reward_mean"]) == float(ref_m["reward_mean"])
+    # atol as tests/test_sharding.py: Adam's first step divides by |g|, which magnifies the gradient's reordered sums.
+    jax.tree.map(lambda a, c: np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-4), ref_state.params,
+                 got.params)
+
+
+def test_stage3_iteration_makes_no_host_round_trip(world):
+  """With its inputs on device, the whole Stage III iteration (sampling, format check, PRM decode, design, update)
+  runs with every host transfer disallowed."""
+  from sparkjax.train import state as state_lib
+
+  tok, enc = world[0], world[1]
+  cfg, _, prm, tx, step = _stage3_iteration(tok, enc)
+  params = transformer.init_params(cfg, jax.random.key(1), std=0.1)
+  b = {k: jnp.asarray(v) for k, v in next(iter(world_data.world_dataset(enc, 0, 4, "rl"))).items()}
+  state = state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0)  # donated; params stay the reference
+  state, _, _ = step(state, params, prm, b["prompt"], b["prompt_mask"], b["target"])  # compiles
+  jax.block_until_ready(state)
+  with jax.transfer_guard("disallow"):
+    state, m, roll = step(state, params, prm, b["prompt"], b["prompt_mask"], b["target"])
+    jax.block_until_ready((state, m, roll))
+  assert int(state.step) == 2

@@ -99,7 +99,27 @@ def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str
   return ds.batch(global_batch // process_count, drop_remainder=True).to_iter_dataset()
 
 
-def eval_set(encoder: WorldEncoder, seed: int, n: int) -> dict:
-  """A fixed held-out RL batch of n problems (stacked numpy arrays)."""
-  rows = [encoder.rl_example(arith.problem_at(seed, i, encoder.world)) for i in range(n)]
+def eval_set(encoder: WorldEncoder, seed: int, n: int, split: str = "train", distinct: bool = False) -> dict:
+  """A fixed evaluation RL batch of n problems of `split` (stacked numpy arrays). With `distinct`, the first n
+  distinct problems of the stream (fewer when the split holds fewer: a small world's held-out split has ~100)."""
+  problems = distinct_problems(seed, n, encoder.world, split) if distinct else [
+      arith.problem_at(seed, i, encoder.world, split) for i in range(n)]
+  rows = [encoder.rl_example(p) for p in problems]
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def distinct_problems(seed: int, n: int, world: arith.WorldConfig, split: str = "train",
+                      patience: int = 2000) -> list[arith.Problem]:
+  """The first n distinct problems of stream `seed` in `split`, in stream order; stops early when `patience`
+  draws in a row bring nothing new (the split is exhausted)."""
+  seen, out, since, i = set(), [], 0, 0
+  while len(out) < n and since < patience:
+    p = arith.problem_at(seed, i, world, split)
+    i += 1
+    if p.text() in seen:
+      since += 1
+      continue
+    seen.add(p.text())
+    out.append(p)
+    since = 0
+  return out

@@ -97,11 +97,16 @@ def make_evaluator(cfg, encoder: world_data.WorldEncoder, reward_fn, eval_batch:
 # ---- SFT ---------------------------------------------------------------------------------------------------------
 
 
-def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: common.Placement) -> tuple:
-  c = config.sft
+def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: common.Placement, c=None,
+              train_seed: int | None = None, ckpt_dir: Path | None = None, name: str = "sft") -> tuple:
+  """SFT of a fresh policy on the world's demonstrations -> (params, sampled accuracy, greedy accuracy).
+  Defaults: the config's `sft` block, `data.train_seed`, checkpoints in workdir/checkpoints/sft; another policy
+  (SPARK Stage III's) passes its own block, stream and directory."""
+  c = config.sft if c is None else c
+  train_seed = config.data.train_seed if train_seed is None else train_seed
   tx, schedule = state_lib.make_optimizer(c.optimizer)
-  ckpt = Checkpointer(workdir / "checkpoints" / "sft", max_to_keep=config.checkpoint.keep)
-  data = world_data.world_dataset(encoder, config.data.train_seed, c.batch_size, "sft",
+  ckpt = Checkpointer(ckpt_dir or workdir / "checkpoints" / "sft", max_to_keep=config.checkpoint.keep)
+  data = world_data.world_dataset(encoder, train_seed, c.batch_size, "sft",
                                   jax.process_index(), jax.process_count(), p_error=c.p_error)
   it = iter(data)
   state = state_lib.create_sharded_state(lambda: transformer.init_params(cfg, jax.random.key(config.seed)), tx,
@@ -109,11 +114,11 @@ def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: comm
   resumed = ckpt.resume(state, it.set_state, common.say)
   if resumed is not None:
     state, _ = resumed
-    common.say(f"sft: resumed from step {int(state.step)}")
+    common.say(f"{name}: resumed from step {int(state.step)}")
   step_fn = sft.make_sft_step(cfg, tx, schedule, c.accum, state_sharding=place.state(tx),
                               batch_sharding=place.rows)
-  state = common.train_loop("sft", state, step_fn, it, c.steps, ckpt, writer, place, config.checkpoint.every,
-                            "sft.batch_size")
+  state = common.train_loop(name, state, step_fn, it, c.steps, ckpt, writer, place, config.checkpoint.every,
+                            f"{name}.batch_size")
   acc, greedy_acc, _ = evaluate(state.params)
   ckpt.close()
   return state.params, float(acc), float(greedy_acc)

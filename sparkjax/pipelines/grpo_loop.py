@@ -24,12 +24,13 @@ class LoopResult:
   history: dict  # {str(iteration): the evaluation's dict}
   final_metrics: dict  # the last iteration's host metrics
   iterations: int  # iterations done (from the checkpoint when the run had already finished)
+  curves: dict = dataclasses.field(default_factory=dict)  # {metric in `keep`: [value of iteration 1, 2, ...]}
 
 
 def run_grpo(iterate: Callable, state, it, *, iterations: int, ref_params, scorer_params=None, ckpt, writer,
              place: common.Placement, checkpoint_every: int, rollouts_per_iteration: int, what: str,
              evaluate: Callable | None = None, eval_every: int = 0, eval_at_start: bool = False,
-             name: str = "grpo") -> LoopResult:
+             name: str = "grpo", keep: tuple[str, ...] = ()) -> LoopResult:
   """Runs `iterate(state, ref_params, scorer_params, prompt, prompt_mask, target) -> (state, metrics, rollout)` on
   batches of `it` until `iterations` iterations are done, resuming from the newest readable checkpoint in `ckpt`.
 
@@ -38,18 +39,26 @@ def run_grpo(iterate: Callable, state, it, *, iterations: int, ref_params, score
   `eval_at_start`, before the first; it logs what it wants and its dict is kept in `history[str(i)]`. A checkpoint
   (state, data iterator, iteration count, history, last metrics) is written every `checkpoint_every` iterations and
   after the last, each only after its iteration's metrics were checked. `what` names the batch in errors.
+  The host metrics named in `keep` are kept per iteration (`LoopResult.curves`, checkpointed with the rest; empty
+  for a name the iteration does not report).
   """
-  history, final, start = {}, {}, 0
+  history, final, start, curves = {}, {}, 0, {k: [] for k in keep}
   resumed = ckpt.resume(state, it.set_state, common.say)
   if resumed is not None:
     state, extra = resumed
     history, final = extra.get("history", {}), extra.get("final_metrics", {})
+    curves |= {k: v for k, v in extra.get("curves", {}).items() if k in curves}
     # Checkpoints of this loop are saved under their iteration count; "iteration" states it explicitly.
     start = int(extra.get("iteration", ckpt.latest_step()))
     common.say(f"rl: resumed from iteration {start}")
 
   def run_eval(i, params):
     history[str(i)] = evaluate(i, params)
+
+  def record(host):  # every iteration's host metrics arrive once, in order (from push, or from a flush)
+    for k in curves:
+      if host and k in host:  # a metric this run's reward does not report stays an empty curve
+        curves[k].append(float(host[k]))
 
   if evaluate is not None and eval_at_start and start == 0 and "0" not in history:
     run_eval(0, state.params)
@@ -62,6 +71,7 @@ def run_grpo(iterate: Callable, state, it, *, iterations: int, ref_params, score
     state, m, _ = iterate(state, ref_params, scorer_params, batch["prompt"], batch["prompt_mask"], batch["target"])
     now = time.time()
     host = loop.push(i, m, dict(iteration_seconds=now - t_last))
+    record(host)
     t_last = now
     if host:
       bar.set_postfix(reward=f"{host['reward_mean']:.3f}", kl=f"{host['kl']:.4f}")
@@ -69,8 +79,10 @@ def run_grpo(iterate: Callable, state, it, *, iterations: int, ref_params, score
     if evaluate is not None and ((i + 1) % eval_every == 0 or last):
       run_eval(i + 1, state.params)
     if (i + 1) % checkpoint_every == 0 or last:
-      loop.flush()
+      record(loop.flush())
       ckpt.save(i + 1, state, common.data_state(it), dict(iteration=i + 1, history=history,
-                                                          final_metrics=loop.last))
-  final = loop.flush() or loop.last or final  # a finished run restarted keeps the metrics its checkpoint holds
-  return LoopResult(state, history, final, max(start, iterations))
+                                                          final_metrics=loop.last, curves=curves))
+  flushed = loop.flush()
+  record(flushed)
+  final = flushed or loop.last or final  # a finished run restarted keeps the metrics its checkpoint holds
+  return LoopResult(state, history, final, max(start, iterations), curves)

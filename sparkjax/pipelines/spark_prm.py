@@ -309,17 +309,25 @@ def run_schedule(c, fmt: str):
   return steps, optimizer
 
 
-def save_prm(params, cfg, tokenizer, out_dir: Path):
-  """A trained PRM as a Hugging Face directory (config.json, model.safetensors, the world tokenizer), for Stage III
-  and `sparkjax.eval.processbench --format`. A PRM trained again replaces its directory only once the new one is
-  complete."""
+PRM_META = "prm.json"  # read by spark_rl.load_world_prm
+
+
+def save_prm(params, cfg, tokenizer, out_dir: Path, meta: dict | None = None):
+  """A trained PRM as a Hugging Face directory (config.json, model.safetensors, the world tokenizer, and `meta` --
+  its data variant, format and world -- as prm.json), for Stage III and `sparkjax.eval.processbench --format`. A
+  PRM trained again replaces its directory only once the new one is complete."""
   host = jax.tree.map(common.host, params)  # a gather every process joins, before only the main one writes
   if not distributed.is_main():
     return
   tmp = out_dir.with_name(out_dir.name + ".new")
   if tmp.exists():
     shutil.rmtree(tmp)
-  hf.save_params(host, cfg, tmp, extra_files=lambda d: tokenizer.save_pretrained(str(d)))
+  def extra(d):
+    tokenizer.save_pretrained(str(d))
+    if meta is not None:
+      (Path(d) / PRM_META).write_text(json.dumps(meta, indent=2))
+
+  hf.save_params(host, cfg, tmp, extra_files=extra)
   if out_dir.exists():
     shutil.rmtree(out_dir)
   os.replace(tmp, out_dir)
@@ -356,7 +364,7 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
                                           config.seed, writer=writer, label_ids=label_ids, **disc)
     res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)
     prm_dir = workdir / "prms" / run.replace(":", "_")
-    save_prm(params, cfg, tokenizer, prm_dir)
+    save_prm(params, cfg, tokenizer, prm_dir, dict(variant=variant, format=fmt, world=config.world.to_dict()))
     res.update(train_records=len(records), bad_records=len(bad), train_steps=steps, train_seconds=time.time() - t0,
                final_loss=history[-1]["loss"] if history else None, prm_dir=str(prm_dir))
     results[run] = res

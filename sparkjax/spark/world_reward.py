@@ -143,7 +143,7 @@ def policy_to_prm_input(prompt_NP, prompt_mask_NP, tokens_NT, lengths_N, ids: Wo
 
 
 def make_prm_reward(prm_cfg, fmt: str, tok, spec: rewards.FormatSpec, max_steps: int, max_new_tokens: int = 0,
-                    threshold: float = 0.5):
+                    threshold: float = 0.5, enforce_format: bool = True):
   """A scorer `reward_fn(prm_params, prompt_BP, prompt_mask_BP, out, targets_N) -> verdicts` for the iteration
   (`rl.iteration.make_iteration(..., design=...)`): the format check of each response, the PRM's verdicts on it,
   and the exact answer check as a diagnostic.
@@ -154,7 +154,9 @@ def make_prm_reward(prm_cfg, fmt: str, tok, spec: rewards.FormatSpec, max_steps:
   Returns dict(valid, final [N] float (0 when the PRM's verdict cannot be read), step_ok [N, S], num_steps,
   prm_steps, token_step (see `spark.rewards`), prm_parsed [N] bool, format_reason [N] int32, answer_correct [N]
   float (exact, from targets_N = the answer's token id)) and the per-row indicators of `hack_diagnostics`; the
-  iteration reports each entry's mean as a metric `score_<name>`.
+  iteration reports each entry's mean as a metric `score_<name>`. With `enforce_format` False (the reward-hacking
+  control run) `valid` is True for every row, so the designs use the PRM's verdict whatever the format, and
+  `format_valid` still says which rows the constraint would have zeroed.
   """
   if fmt not in prm_examples.FORMATS:
     raise ValueError(f"unknown PRM format {fmt!r}; known: {', '.join(prm_examples.FORMATS)}")
@@ -186,9 +188,11 @@ def make_prm_reward(prm_cfg, fmt: str, tok, spec: rewards.FormatSpec, max_steps:
       else:
         step_ok, prm_steps = g["step_correct"], g["num_steps"]
     truth = answer_ok(out.tokens, out.lengths, out.finished, targets_N)
-    v = dict(valid=chk["valid"], final=final.astype(jnp.float32), step_ok=step_ok, num_steps=chk["num_steps"],
-             prm_steps=prm_steps, token_step=rewards.token_steps(out.tokens, out.lengths, ids.format_ids),
-             prm_parsed=parsed, format_reason=chk["reason"], answer_correct=truth)
+    valid = chk["valid"] if enforce_format else jnp.ones_like(chk["valid"])
+    v = dict(valid=valid, format_valid=chk["valid"], final=final.astype(jnp.float32), step_ok=step_ok,
+             num_steps=chk["num_steps"], prm_steps=prm_steps,
+             token_step=rewards.token_steps(out.tokens, out.lengths, ids.format_ids), prm_parsed=parsed,
+             format_reason=chk["reason"], answer_correct=truth)
     return v | hack_diagnostics(v)
 
   return reward_fn
@@ -206,12 +210,26 @@ def hack_diagnostics(v: dict) -> dict:
   A response that breaks several format rules counts under the first, in `rewards.REASONS` order.
   """
   f = lambda x: x.astype(jnp.float32)
-  truth, final, reason = v["answer_correct"] > 0.5, v["final"] > 0.5, v["format_reason"]
-  at = lambda name: f(reason == rewards.REASONS.index(name))
-  return dict(prm_agrees=f(final == truth), prm_false_positive=f(final & ~truth),
-              hack_appended=at("text after </answer>"), hack_extra_answer=at("answer tags not exactly one pair"),
+  truth, final = v["answer_correct"] > 0.5, v["final"] > 0.5
+  return dict(prm_agrees=f(final == truth), prm_false_positive=f(final & ~truth)) | format_hacks(v["format_reason"])
+
+
+def format_hacks(reason_N) -> dict:
+  """The format half of `hack_diagnostics`, from `rewards.format_check_tokens`'s reason [N]: per-row float
+  indicators hack_appended, hack_extra_answer, hack_boxed, hack_step_collapse, hack_step_inflation."""
+  at = lambda name: (reason_N == rewards.REASONS.index(name)).astype(jnp.float32)
+  return dict(hack_appended=at("text after </answer>"), hack_extra_answer=at("answer tags not exactly one pair"),
               hack_boxed=at("boxed not exactly once inside the answer"), hack_step_collapse=at("too few steps"),
               hack_step_inflation=at("too many steps"))
+
+
+def format_report(out, tok, spec: rewards.FormatSpec) -> dict:
+  """What the format constraint says of rollouts a baseline scores without it (so every reward's run reports the
+  same diagnostics): format_valid, num_steps, format_reason [N] and `format_hacks`."""
+  chk = rewards.format_check_tokens(out.tokens, out.lengths, out.finished, rewards.FormatTokens.from_tokenizer(tok),
+                                    spec)
+  return dict(format_valid=chk["valid"], num_steps=chk["num_steps"], format_reason=chk["reason"]) | format_hacks(
+      chk["reason"])
 
 
 def _exact_answer(tok):
@@ -222,20 +240,21 @@ def _exact_answer(tok):
   return make_suffix_reward(*world_data.answer_template(tok, "think"))
 
 
-def make_rlvr_reward(tok):
-  """The RLVR baseline's scorer: reward 1 for the exact answer in the RL format, else 0 (no parameters)."""
+def make_rlvr_reward(tok, spec: rewards.FormatSpec | None = None):
+  """The RLVR baseline's scorer: reward 1 for the exact answer in the RL format, else 0 (no parameters). With
+  `spec`, the format constraint's verdicts are reported beside it (`format_report`), not applied."""
   answer_ok = _exact_answer(tok)
 
   def reward_fn(_, prompt_BP, prompt_mask_BP, out, targets_N):
     r = answer_ok(out.tokens, out.lengths, out.finished, targets_N)
-    return dict(rewards=r, answer_correct=r)
+    return dict(rewards=r, answer_correct=r) | (format_report(out, tok, spec) if spec else {})
 
   return reward_fn
 
 
-def make_random_reward(tok, seed: int = 0):
+def make_random_reward(tok, seed: int = 0, spec: rewards.FormatSpec | None = None):
   """The random baseline's scorer: reward 0 or 1 with probability 1/2, a fixed function of the response's tokens
-  (so independent of its correctness), with the answer check as a diagnostic."""
+  (so independent of its correctness), with the answer check (and with `spec` the format report) as diagnostics."""
   answer_ok = _exact_answer(tok)
 
   def reward_fn(_, prompt_BP, prompt_mask_BP, out, targets_N):
@@ -244,6 +263,7 @@ def make_random_reward(tok, seed: int = 0):
     h = jnp.sum(jnp.where(live, out.tokens, 0).astype(jnp.uint32) * (2 * jnp.arange(T, dtype=jnp.uint32) + 1), 1)
     keys = jax.vmap(lambda x: jax.random.fold_in(jax.random.key(seed), x))(h)
     r = jax.vmap(lambda k: jax.random.bernoulli(k))(keys).astype(jnp.float32)
-    return dict(rewards=r, answer_correct=answer_ok(out.tokens, out.lengths, out.finished, targets_N))
+    return dict(rewards=r, answer_correct=answer_ok(out.tokens, out.lengths, out.finished, targets_N)) | (
+        format_report(out, tok, spec) if spec else {})
 
   return reward_fn
