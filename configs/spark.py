@@ -38,7 +38,7 @@ def get_config(arg=None):
     c.stage2.optimizer.total_steps = 300
   else:
     c.stage2.runs = ["step_consistency:prm_cot"]
-  spark_rl.stage3_fields(c, arg.iterations, ["rlvr", "step_consistency_prm_cot"])
+  spark_rl.stage3_fields(c, arg.iterations, ("rlvr", "step_consistency_prm_cot"))
   if arg.runlocal:
     c.policy.sft.update(steps=60, batch_size=32)
     c.policy.sft.optimizer.total_steps = 60

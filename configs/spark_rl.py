@@ -19,7 +19,7 @@ import ml_collections
 from sparkjax.config_args import grpo_loss_fields, optimizer_config, parse_arg
 
 
-def stage3_fields(c, iterations: int, runs: list[str]):
+def stage3_fields(c, iterations: int, runs: tuple[str, ...]):
   """The Stage III blocks (policy, rl, stage3), shared with configs/spark.py."""
   # The policy: the PRMs' model size, SFT'd in the RL format on demonstrations with misconceptions 0.2 (one fact in
   # five always off by one) and the imperfect generator's slips (p_error 0.5).
@@ -51,10 +51,11 @@ def stage3_fields(c, iterations: int, runs: list[str]):
   c.stage3.eval_samples = 8
 
 
-RUNS = ["rlvr", "random", "step_consistency_prm_cot", "step_consistency_prm", "step_consistency_orm",
+# A tuple, so that --config.stage3.runs="('rlvr', 'step_consistency_prm_cot')" can override it.
+RUNS = ("rlvr", "random", "step_consistency_prm_cot", "step_consistency_prm", "step_consistency_orm",
         "step_consistency_disc", "step_consistency_prm_cot/step_augmented",
         "step_consistency_prm_cot/selective_advantage", "step_consistency_prm_cot/global_step",
-        "step_consistency_prm_cot/process_outcome/format_off"]
+        "step_consistency_prm_cot/process_outcome/format_off")
 
 
 def get_config(arg=None):

@@ -266,10 +266,10 @@ def test_one_line_joins_multiline_messages():
     (["--config.stage3.max_steps=2"], ["stage3.max_steps=2", "contradict", "2-3 operations"]),
     (["--config.stage3.min_steps=3"], ["stage3.min_steps=3", "min_steps <= 2"]),
     (["--config.stage3.max_steps=13"], ["stage3.max_steps=13", "world.max_value=12"]),
-    (["--config.stage3.runs=['rlvr', 'gold_prm']"], ["stage3.runs='gold_prm/process_outcome'", "does not train",
+    (["--config.stage3.runs=('rlvr', 'gold_prm')"], ["stage3.runs='gold_prm/process_outcome'", "does not train",
                                                      "step_consistency_prm_cot"]),
-    (["--config.stage3.runs=['step_consistency_prm_cot/best']"], ["stage3.runs=", "unknown reward design 'best'"]),
-    (["--config.stage3.runs=['rlvr/format_off']"], ["stage3.runs='rlvr/format_off'", "only for PRM rewards"]),
+    (["--config.stage3.runs=('step_consistency_prm_cot/best',)"], ["stage3.runs=", "unknown reward design 'best'"]),
+    (["--config.stage3.runs=('rlvr/format_off',)"], ["stage3.runs='rlvr/format_off'", "only for PRM rewards"]),
 ])
 def test_spark_stage3_fields(tmp_path, overrides, needles):
   r = _run("sparkjax.main", f"--config={ROOT / 'configs' / 'spark.py'}:runlocal", *overrides,
