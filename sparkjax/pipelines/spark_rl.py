@@ -29,7 +29,7 @@ from sparkjax.data.grading import make_suffix_reward
 from sparkjax.models import hf, tokenizer as tokenizer_lib
 from sparkjax.pipelines import arith_rl, common, grpo_loop
 from sparkjax.rl import iteration as rl_iteration
-from sparkjax.spark import prm_examples, rewards, stage3_report
+from sparkjax.spark import error_probe, prm_examples, rewards, stage3_report
 from sparkjax.spark import world_reward as WR
 from sparkjax.spark import world_verifier as wv
 from sparkjax.train import metrics as metrics_lib
@@ -222,8 +222,9 @@ def summarize(curves: dict, iterations: int) -> dict:
 
 
 def run_one(spec: RunSpec, config, out: Path, cfg, tokenizer, world, encoder, evaluate, sft_params, prm_root: Path,
-            place: common.Placement) -> dict:
-  """One GRPO run from the SFT checkpoint -> its result (held-out history, training diagnostics, seconds)."""
+            place: common.Placement, heldout: tuple) -> dict:
+  """One GRPO run from the SFT checkpoint -> its result (held-out history, training diagnostics, the error probe
+  of the policy before and after on the held-out problems `heldout` = (batch, problems), seconds)."""
   c = config.rl
   t0 = time.time()
   fn, scorer, scorer_sharding, design, fmt = make_reward(spec, config, tokenizer, world, prm_root, place,
@@ -239,6 +240,13 @@ def run_one(spec: RunSpec, config, out: Path, cfg, tokenizer, world, encoder, ev
       sft_params)
   it = iter(world_data.world_dataset(encoder, config.stage3.rl_seed, c.batch_size // c.group_size, "rl",
                                      jax.process_index(), jax.process_count()))
+  eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+  probe = error_probe.make_probe(cfg, fn, dataclasses.replace(settings.sampling,
+                                                              num_samples=config.stage3.eval_samples),
+                                 lambda ids: tokenizer.decode([t for t in ids if t not in (eos, pad)]),
+                                 has_verdict=fmt is not None)
+  probe_key = jax.random.key(config.seed + 3)
+  errors_before = probe(sft_params, scorer, *heldout, probe_key)
   run_dir = out / "runs" / spec.slug
   ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=config.checkpoint.keep)
   writer = metrics_lib.Writer(out / "tensorboard" / spec.slug, enabled=distributed.is_main())
@@ -257,8 +265,10 @@ def run_one(spec: RunSpec, config, out: Path, cfg, tokenizer, world, encoder, ev
   finally:
     ckpt.close()
     writer.close()
+  errors_after = probe(result.state.params, scorer, *heldout, probe_key)
   return dict(reward=spec.reward, design=spec.design if fmt else None, prm_format=fmt,
               format_constraint=spec.enforce_format, history=result.history,
+              errors=dict(before=errors_before, after=errors_after),
               train=summarize(result.curves, c.iterations), curves=result.curves, seconds=round(time.time() - t0, 1))
 
 
@@ -272,6 +282,7 @@ def stage3(config, workdir: Path, prm_root: Path, cfg, tokenizer, place: common.
   encoder = world_data.WorldEncoder(world, tokenizer, "think")
   problems = world_data.distinct_problems(c.eval_seed, c.eval_size, world, "heldout")
   eval_batch = place.replicate(world_data.eval_set(encoder, c.eval_seed, len(problems), "heldout", distinct=True))
+  heldout = (eval_batch, problems)
   exact = make_suffix_reward(*world_data.answer_template(tokenizer, "think"))
   evaluate = arith_rl.make_evaluator(cfg, encoder, exact, eval_batch, encoder.solution_len, samples=c.eval_samples)
   writer = metrics_lib.Writer(out / "tensorboard" / "policy_sft", enabled=distributed.is_main())
@@ -292,7 +303,8 @@ def stage3(config, workdir: Path, prm_root: Path, cfg, tokenizer, place: common.
       common.say(f"stage III {spec.name}: done before")
       runs[spec.name] = done[spec.name]
       continue
-    res = run_one(spec, config, out, cfg, tokenizer, world, encoder, evaluate, sft_params, prm_root, place)
+    res = run_one(spec, config, out, cfg, tokenizer, world, encoder, evaluate, sft_params, prm_root, place,
+                  heldout)
     runs[spec.name] = res
     last = res["history"][str(config.rl.iterations)]
     common.say(f"stage III {spec.name}: held-out greedy {greedy:.3f} -> {last['greedy_accuracy']:.3f}, sampled "

@@ -122,6 +122,33 @@ def table_markdown(report: dict) -> str:
                       for k, v in c["measured"].items())
     noise = " (within noise)" if c.get("within_noise") else ""
     lines.append(f"| {c['claim']} | {c['holds']}{noise} | {shown} |")
+  errors = errors_markdown(report)
+  return "\n".join(lines + (["", errors] if errors else []))
+
+
+def errors_markdown(report: dict) -> str:
+  """The error probe (`spark.error_probe`): per run, the policy's sampled held-out responses by kind before and
+  after RL, with the share of each kind its PRM accepted (as correct)."""
+  from sparkjax.spark.error_probe import KINDS
+
+  runs = {n: r for n, r in report["runs"].items() if r.get("errors")}
+  if not runs:
+    return ""
+  lines = ["Held-out responses by first error (count, and in brackets the % the run's PRM accepted as correct), of "
+           "the SFT policy (before) and after RL:", "",
+           "| run | when | " + " | ".join(KINDS) + " |", "|---|---|" + "---|" * len(KINDS)]
+  for name, r in runs.items():
+    for when in ("before", "after"):
+      cells = []
+      for k in KINDS:
+        e = r["errors"][when].get(k)
+        if e is None:
+          cells.append("0")
+        elif e["accepted"] is None:
+          cells.append(str(e["n"]))
+        else:
+          cells.append(f"{e['n']} ({100 * e['accepted'] / max(e['n'], 1):.0f}%)")
+      lines.append(f"| {name} | {when} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
