@@ -26,7 +26,7 @@ def _sibling(name: str):
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, runlocal=False, iterations=100)
+  arg = parse_arg(arg, runlocal=False, iterations=300)
   spark_prm, spark_rl = _sibling("spark_prm"), _sibling("spark_rl")
   c = spark_prm.get_config("runlocal" if arg.runlocal else None)
   c.pipeline = "spark"

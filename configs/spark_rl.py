@@ -48,6 +48,9 @@ def stage3_fields(c, iterations: int, runs: tuple[str, ...]):
   c.stage3.prm_max_new_tokens = 0  # 0 = the longest verification the world's format can produce
   c.stage3.disc_threshold = 0.5
   c.stage3.rl_seed = 8
+  # 0, 1, 2, ...: another RL replicate from the same SFT policy (other prompt order and sampling keys); copy a
+  # finished workdir's stage3/checkpoints/policy_sft (and tokenizer) into the new workdir to skip the SFT.
+  c.stage3.replicate = 0
   c.stage3.eval_seed = 9
   c.stage3.eval_size = 256  # distinct held-out problems (the small world's held-out split has 107)
   c.stage3.eval_samples = 8

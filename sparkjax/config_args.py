@@ -114,6 +114,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 QWEN_MATH_INSTRUCTION = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+# SPARK-PRM Stage III's policy format (spec): steps in <step> tags inside <think>, the answer boxed in <answer>. The
+# paper's policy learns it in a format SFT first; the instruction states it for a model that did not.
+SPARK_FORMAT_INSTRUCTION = (
+    "{problem}\nSolve step by step. Write each step inside <step></step> tags, all steps inside <think></think>, "
+    "then the final answer as <answer>\\boxed{{X}}</answer> and nothing after it.")
 
 
 def hf_grpo_config(*, preset: str, model_dir: str, train_path: str, eval_path: str, max_prompt_len: int,
@@ -149,5 +154,10 @@ def hf_grpo_config(*, preset: str, model_dir: str, train_path: str, eval_path: s
   c.rl.num_microbatches = microbatches
   c.rl.logprob_chunk = logprob_chunk
   c.rl.optimizer = optimizer_config(lr, iterations, schedule="constant", grad_clip=1.0)
+  # The reward: "rlvr" (math-verify against the reference answer) or "prm" (SPARK-PRM Stage III: a generative PRM
+  # directory scored on the host, `spark.host_prm_reward`; "@policy" = the policy's own starting weights, frozen),
+  # with the format constraint and its step guards (the paper's 4 and 20).
+  c.reward = ml_collections.ConfigDict(dict(kind="rlvr", prm_dir="", prm_format="prm_cot", design="process_outcome",
+                                            min_steps=4, max_steps=20, prm_max_new_tokens=2048, prm_rows=64))
   c.checkpoint = ml_collections.ConfigDict(dict(every=max(1, iterations // 10), keep=2))
   return c

@@ -209,3 +209,39 @@ def test_falls_back_to_cpu_devices_without_libtpu(monkeypatch):
   assert p.method.startswith("CPU-device AOT") and "libtpu unavailable: the libtpu package is not installed" in p.method
   with pytest.raises(RuntimeError, match="libtpu package is not installed"):
     plan.make_plan(_tiny_config(), topology="v5p-8", aot="tpu")
+
+
+def _with_prm(c, rows=8):
+  c.reward = ml_collections.ConfigDict(dict(kind="prm", prm_preset="tiny", prm_rows=rows, prm_max_prompt_len=32,
+                                            prm_max_new_tokens=16))
+  return c
+
+
+@pytest.mark.parametrize("target", [dict(topology="v5p-8"), dict(gpu="h100-80gb")])
+def test_stage3_plan_holds_the_prm(target):
+  """A Stage III config: the PRM's greedy decode is a program of its own with the policy's state resident, and the
+  PRM's parameters are resident in the policy's programs; the totals add up."""
+  c = _tiny_config()
+  if "gpu" in target:
+    c.mesh.update(dict(data=1, fsdp=1, tp=1))
+  base = plan.make_plan(_tiny_config() if "topology" in target else c.copy_and_resolve_references(), **target)
+  p = plan.make_plan(_with_prm(c), **target)
+  assert [x.name for x in p.programs] == ["sampler", "update", "prm"]
+  prm = p.programs[2]
+  names = [x.name for x in prm.parts]
+  assert names[0].startswith("PRM parameters") and "resident policy parameters (float32)" in names
+  prm_params = prm.parts[0].bytes
+  for before, after in zip(base.programs, p.programs[:2]):
+    resident = next(x.bytes for x in after.parts if x.name.startswith("resident PRM parameters"))
+    assert resident == pytest.approx(prm_params) and after.total == pytest.approx(before.total + resident, rel=1e-6)
+  assert prm.total == pytest.approx(sum(x.bytes for x in prm.parts if not x.name.startswith(" ")), rel=1e-9)
+  assert "prm: the PRM's greedy decode: 8 rollouts per call" in plan.format_plan(p)
+  with pytest.raises(ValueError, match="PRM rows per call .* 3 does not divide"):
+    plan.make_plan(_with_prm(_tiny_config(mesh=(2, 1, 2)), rows=3), topology="v5p-8")
+
+
+def test_stage3_config_needs_the_prm_shapes():
+  c = _tiny_config()
+  c.reward = ml_collections.ConfigDict(dict(kind="prm", prm_rows=8))
+  with pytest.raises(ValueError, match="reward.prm_preset"):
+    plan.job_from_config(c)

@@ -39,8 +39,8 @@ def test_run_syntax():
       spark_rl.parse_run(bad)
 
 
-def _run(reward, fmt, design, greedy, sampled, enforce=True, hacks=0.0):
-  train = {f"score_{h}": dict(start=0.0, end=hacks) for h in stage3_report.HACKS}
+def _run(reward, fmt, design, greedy, sampled, enforce=True, hacks=0.0, hacks_start=0.0):
+  train = {f"score_{h}": dict(start=hacks_start, end=hacks) for h in stage3_report.HACKS}
   return dict(reward=reward, prm_format=fmt, design=design, format_constraint=enforce, seconds=1.0, train=train,
               history={"0": dict(greedy_accuracy=0.5, accuracy=0.3), "10": dict(greedy_accuracy=greedy,
                                                                                 accuracy=sampled)})
@@ -65,7 +65,14 @@ def test_claims_on_a_hand_made_report():
   hack = next(c for c in stage3_report.claims(report) if "format constraint" in c["claim"])
   assert hack["holds"] is True
   assert hack["measured"] == {"c/process_outcome/format_off": pytest.approx(0.10),
+                              "c/process_outcome/format_off (first fifth)": 0.0,
                               "c/process_outcome": pytest.approx(0.05)}
+  # No hack to stop: the rate without the constraint did not grow over the run.
+  runs["c/process_outcome/format_off"] = _run("c_prm_cot", "prm_cot", "process_outcome", 0.3, 0.2, False, 0.02,
+                                              0.02)
+  hack = next(c for c in stage3_report.claims(report) if "format constraint" in c["claim"])
+  assert hack["holds"] is None and hack["hack_appeared_without"] is False
+  assert "not testable: no format hack appeared" in stage3_report.table_markdown(report)
   # Noise: greedy 0.62 vs 0.60 on 100 problems is within twice the standard error of the difference (~0.137).
   c = next(c for c in stage3_report.claims(report) if c["claim"] == "PRM-CoT reward >= RLVR (greedy_accuracy)")
   assert c["within_noise"] is True

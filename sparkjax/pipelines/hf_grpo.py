@@ -1,4 +1,5 @@
-"""Pipeline `hf_grpo`: GRPO of a Hugging Face policy on real math data with a math-verify reward (RLVR).
+"""Pipeline `hf_grpo`: GRPO of a Hugging Face policy on real math data, with a math-verify reward (RLVR) or a
+generative PRM directory as the reward (SPARK-PRM Stage III, `reward.kind = "prm"`; `spark.host_prm_reward`).
 
 Reads top to bottom: the policy (a HF directory, or a GGUF converted once into the workdir) loaded straight onto its
 shardings, the prompts (chat template + instruction, left-padded to `data.max_prompt_len`), the held-out evaluation,
@@ -57,7 +58,33 @@ def check_config(ch: config_check.Checks):
   ch.rows_over_data("rl.batch_size / rl.group_size (prompts per iteration)", config_check.prompts_per_iteration(ch),
                     mesh)
   ch.int_range("grader_workers", 1)
+  check_reward(ch, mesh)
   config_check.check_checkpoint(ch)
+
+
+def check_reward(ch: config_check.Checks, mesh):
+  """The `reward` block: rlvr, or a PRM directory (an architecture this code runs) in a generative format, a
+  host design and format guards."""
+  from sparkjax.spark import host_prm_reward, prm_examples, rewards
+
+  if not ch.get("reward", None):  # configs written before the block: RLVR
+    return
+  ch.choice("reward.kind", ("rlvr", "prm"))
+  if ch.get("reward.kind", None) != "prm":
+    return
+  if ch.get("reward.prm_dir", "") != POLICY_PRM:
+    ch.satisfies("reward.prm_dir", hf.load_config)
+  ch.choice("reward.prm_format", prm_examples.GENERATIVE_FORMATS, "generative PRM format")
+  ch.choice("reward.design", host_prm_reward.HOST_DESIGNS, "reward design on the host path")
+  if ch.int_range("reward.min_steps", 0) and ch.int_range("reward.max_steps", 1):
+    ch.satisfies("reward.max_steps", lambda _: rewards.FormatSpec(ch.get("reward.min_steps"),
+                                                                   ch.get("reward.max_steps")))
+  ch.int_range("reward.prm_max_new_tokens", 1)
+  if ch.int_range("reward.prm_rows", 1):
+    ch.rows_over_data("reward.prm_rows", ch.get("reward.prm_rows"), mesh)
+
+
+POLICY_PRM = "@policy"  # reward.prm_dir naming the policy's own starting weights as the (frozen) PRM
 
 
 def model_dir(config, workdir: Path) -> Path:
@@ -125,6 +152,23 @@ def make_evaluator(cfg, place: common.Placement, tokenizer, records, prompts, P:
   return evaluate
 
 
+def prm_scorer(config, policy_dir: Path, policy_params, records, place: common.Placement):
+  """The PRM reward of `reward.kind = "prm"` as a host scorer (texts, record index of each row) -> dict, or None
+  for RLVR."""
+  r = config.get("reward")
+  if not r or r.kind != "prm":
+    return None
+  from sparkjax.spark import host_prm_reward, rewards
+
+  own = r.prm_dir == POLICY_PRM
+  prm = host_prm_reward.HostPRMScorer(policy_dir if own else r.prm_dir, r.prm_format, r.design,
+                                      rewards.FormatSpec(r.min_steps, r.max_steps), r.prm_max_new_tokens,
+                                      rows=r.prm_rows, mesh=place.mesh, params=policy_params if own else None)
+  common.say(f"reward: PRM {policy_dir if own else r.prm_dir} ({r.prm_format}, {r.design}), format guards "
+             f"{r.min_steps}-{r.max_steps} steps")
+  return lambda texts, targets: prm(texts, [records[int(t)].problem for t in targets])
+
+
 def run(config, workdir: str) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +221,8 @@ def run(config, workdir: str) -> dict:
       greedy = sampling.SamplingParams(max_new_tokens=c.max_new_tokens, temperature=0.0, stop_tokens=stop, pad_id=pad)
       evaluate = make_evaluator(cfg, place, tokenizer, held_records, held_prompts, P, greedy, e.batch_size, pool)
     iterate = HostRewardIteration(cfg, settings, tx, schedule, decode, golds, "math_verify",
-                                  workers=config.get("grader_workers", 2), state_sharding=state_sh)
+                                  workers=config.get("grader_workers", 2), state_sharding=state_sh,
+                                  scorer=prm_scorer(config, directory, params, records, place))
 
     def run_eval(i, params):
       acc, texts = evaluate(params)

@@ -146,6 +146,7 @@ def check_stage3(ch: config_check.Checks, mesh):
   for k in ("rl_seed", "eval_seed", "eval_size", "eval_samples"):
     ch.int_range(f"stage3.{k}", 0 if k.endswith("seed") else 1)
   ch.int_range("stage3.prm_max_new_tokens", 0)
+  ch.int_range("stage3.replicate", 0, optional=True)
   ch.float_range("stage3.disc_threshold", 0.0, 1.0, lo_open=True, hi_open=True)
   if ch.int_range("stage3.min_steps", 0) and ch.int_range("stage3.max_steps", 1):
     w = ch.get("world", None)
@@ -235,10 +236,12 @@ def run_one(spec: RunSpec, config, out: Path, cfg, tokenizer, world, encoder, ev
       stop_tokens=(encoder.eos,), pad_id=encoder.pad))
   iterate = rl_iteration.make_iteration(cfg, settings, tx, fn, schedule, place.state(tx), scorer_sharding,
                                         design=design)
-  # Every run: the same start (the SFT params, the same state seed, so the same sampling keys) and prompts.
-  state = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed + 1), out_shardings=place.state(tx))(
-      sft_params)
-  it = iter(world_data.world_dataset(encoder, config.stage3.rl_seed, c.batch_size // c.group_size, "rl",
+  # Every run: the same start (the SFT params, the same state seed, so the same sampling keys) and prompts; a
+  # replicate > 0 draws other prompts and sampling keys from the same SFT policy.
+  rep = config.stage3.get("replicate", 0)
+  state = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed + 1 + 1000 * rep),
+                  out_shardings=place.state(tx))(sft_params)
+  it = iter(world_data.world_dataset(encoder, config.stage3.rl_seed + 1000 * rep, c.batch_size // c.group_size, "rl",
                                      jax.process_index(), jax.process_count()))
   eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
   probe = error_probe.make_probe(cfg, fn, dataclasses.replace(settings.sampling,

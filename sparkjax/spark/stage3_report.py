@@ -13,6 +13,7 @@ from pathlib import Path
 
 HACKS = ("hack_appended", "hack_extra_answer", "hack_boxed", "hack_step_collapse", "hack_step_inflation")
 METRICS = (("greedy_accuracy", "greedy"), ("accuracy", "sampled"))
+HACK_GROWTH = 0.01  # a format hack "appears" when its rate grows by at least this share of rollouts over a run
 
 
 def final(report: dict, name: str, metric: str) -> float | None:
@@ -80,11 +81,14 @@ def claims(report: dict) -> list[dict]:
   off = next((n for n, r in report["runs"].items() if not r["format_constraint"]), None)
   if off is not None:
     on = find(report, report["runs"][off]["prm_format"], report["runs"][off]["design"])
-    a = hack_rate(report["runs"][off])
+    a, a0 = hack_rate(report["runs"][off]), hack_rate(report["runs"][off], "start")
     b = hack_rate(report["runs"][on]) if on else None
+    # The claim needs a hack to stop: without the constraint the rate must grow (by a point or more) over the run.
+    appeared = None if a is None or a0 is None else a >= a0 + HACK_GROWTH
+    holds = None if b is None or not appeared else b < a
     out.append(dict(claim="the format constraint stops the hack (hack rate, last fifth of the run)",
-                    holds=None if a is None or b is None else b < a,
-                    measured={f"{off}": a, f"{on}": b},
+                    holds=holds, hack_appeared_without=appeared,
+                    measured={f"{off}": a, f"{off} (first fifth)": a0, f"{on}": b},
                     hacks_off={h: report["runs"][off]["train"][f"score_{h}"] for h in HACKS}))
   return out
 
@@ -116,10 +120,13 @@ def table_markdown(report: dict) -> str:
   lines += ["", f"One run per row. Standard error of a greedy accuracy near the SFT policy's: {100 * se:.1f} points.",
             "", "| claim | holds | measured |", "|---|---|---|"]
   for c in claims(report) if "claims" not in report else report["claims"]:
+    if c.get("hack_appeared_without") is False:
+      lines.append(f"| {c['claim']} | not testable: no format hack appeared without the constraint | "
+                   + ", ".join(f"{k} {_pct(v)}" for k, v in c["measured"].items()) + " |")
+      continue
     if c["holds"] is None:  # a run the claim compares was not part of this experiment
       continue
-    shown = ", ".join(f"{k} {_pct(v) if isinstance(v, float) and 'hack' not in c['claim'] else v}"
-                      for k, v in c["measured"].items())
+    shown = ", ".join(f"{k} {_pct(v)}" for k, v in c["measured"].items())
     noise = " (within noise)" if c.get("within_noise") else ""
     lines.append(f"| {c['claim']} | {c['holds']}{noise} | {shown} |")
   errors = errors_markdown(report)

@@ -139,6 +139,7 @@ class Job:
   group: int  # G samples per prompt
   prompt_len: int  # P
   new_tokens: int  # T
+  prm: "Job | None" = None  # SPARK-PRM Stage III: the PRM's greedy decode of the rollouts (`reward.kind = "prm"`)
 
   @property
   def rows(self) -> int:
@@ -182,7 +183,30 @@ def job_from_config(c) -> Job:
   mesh = sharding.MeshConfig(int(mc.get("data", -1)), int(mc.get("fsdp", 1)), int(mc.get("tp", 1)))
   return Job(cfg=cfg, preset=preset, settings=settings, opt=_field(c, "rl.optimizer"), mesh=mesh,
              prompts=batch // group, group=group, prompt_len=int(_field(c, "data.max_prompt_len")),
-             new_tokens=sp.max_new_tokens)
+             new_tokens=sp.max_new_tokens, prm=prm_job(c, mesh))
+
+
+def prm_job(c, mesh: sharding.MeshConfig) -> "Job | None":
+  """The PRM's part of a Stage III config (`reward.kind = "prm"` with `reward.prm_preset`): its greedy decode of
+  `reward.prm_rows` rollouts per call, inputs padded to `reward.prm_max_prompt_len` (the policy's prompt and
+  response inside the verifier prompt), `reward.prm_max_new_tokens` new tokens; parameters in the compute dtype
+  (frozen: no optimizer state)."""
+  r = c.get("reward")
+  if not r or r.get("kind") != "prm":
+    return None
+  preset = r.get("prm_preset")
+  if not preset:
+    raise ValueError("config reward.kind='prm' needs reward.prm_preset (the PRM's shapes, a name in "
+                     "sparkjax.models.config.PRESETS) for a memory plan")
+  dtype = _field(c, "model.dtype")
+  cfg = ModelConfig.preset(preset, compute_dtype=dtype, param_dtype=dtype, scan_layers=True, remat=False)
+  eos = cfg.eos_token_id
+  stop = tuple(eos) if isinstance(eos, tuple) else ((eos,) if eos is not None else ())
+  sp = sampling.SamplingParams(max_new_tokens=int(_field(c, "reward.prm_max_new_tokens")), temperature=0.0,
+                               num_samples=1, stop_tokens=stop, pad_id=stop[0] if stop else 0)
+  return Job(cfg=cfg, preset=preset, settings=rl.GRPOSettings(sampling=sp), opt=None, mesh=mesh,
+             prompts=int(_field(c, "reward.prm_rows")), group=1,
+             prompt_len=int(_field(c, "reward.prm_max_prompt_len")), new_tokens=sp.max_new_tokens)
 
 
 def check_job(job: Job, mesh) -> None:
@@ -196,6 +220,8 @@ def check_job(job: Job, mesh) -> None:
   sharding.check_batch(job.rows // M, mesh, what=f"micro-batch rows (rl.batch_size / rl.num_microbatches={M})")
   if s.logprob_chunk and s.logprob_chunk < job.new_tokens and job.new_tokens % s.logprob_chunk:
     raise ValueError(f"rl.logprob_chunk={s.logprob_chunk} does not divide rl.max_new_tokens={job.new_tokens}")
+  if job.prm is not None:
+    sharding.check_batch(job.prm.prompts, mesh, what="PRM rows per call (reward.prm_rows)")
 
 
 def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
@@ -255,19 +281,22 @@ def per_device_bytes(tree) -> int:
   return total
 
 
-def make_inputs(job: Job, mesh):
-  """Abstract (shape, dtype, sharding) arguments of the sampler and the update; nothing real-size is allocated."""
+def make_inputs(job: Job, mesh, with_state: bool = True):
+  """Abstract (shape, dtype, sharding) arguments of the sampler and the update (the sampler's only without
+  `with_state`); nothing real-size is allocated."""
   cfg, B, G, P_, T = job.cfg, job.prompts, job.group, job.prompt_len, job.new_tokens
   N = B * G
   p_shard = sharding.param_shardings(cfg, mesh)
   sharding.check_replication(transformer.abstract_params(cfg), p_shard)
   params = _abstract(transformer.abstract_params(cfg), p_shard)
+  rows = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+  key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=NamedSharding(mesh, P()))
+  if not with_state:
+    return dict(params=params, prompt=rows((B, P_), jnp.int32), prompt_mask=rows((B, P_), jnp.bool_), key=key)
   tx, schedule = state_lib.make_optimizer(job.opt)
   abstract_state = jax.eval_shape(lambda p: state_lib.create_state(p, tx, 0), transformer.abstract_params(cfg))
   state = _abstract(abstract_state, state_shardings(abstract_state, cfg, p_shard, mesh))
-  rows = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
   prompt, prompt_mask = rows((B, P_), jnp.int32), rows((B, P_), jnp.bool_)
-  key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=NamedSharding(mesh, P()))
   batch = dict(prompt=prompt, prompt_mask=prompt_mask, tokens=rows((N, T), jnp.int32), lengths=rows((N,), jnp.int32),
                old_logp=rows((N, T), jnp.float32), advantages=rows((N,), jnp.float32))
   return dict(params=params, state=state, prompt=prompt, prompt_mask=prompt_mask, key=key, batch=batch,
@@ -419,6 +448,30 @@ def plan_compiled(job: Job, acc: Accelerator, devices, method: str, programs=("s
     out.append(_program("update", "rl.policy_update: GRPO loss, gradient, AdamW step (state donated)", compiled,
                         err, secs, args, acc, "activations (remat), attention scores, logits blocks, gradients"))
 
+  if job.prm is not None:
+    pj = job.prm
+    x_prm = make_inputs(pj, mesh, with_state=False)
+    prm_b = per_device_bytes(x_prm["params"])
+    prm_sh = jax.tree.map(lambda a: a.sharding, x_prm["params"])
+    ps = dataclasses.replace(pj.settings, sampling=dataclasses.replace(pj.settings.sampling,
+                                                                         per_layer_weights=platform == "cpu"))
+    fn = rl.make_rollout(pj.cfg, ps, prm_sh, mesh)
+    compiled, secs, err = _compile(fn, (x_prm["params"], x_prm["prompt"], x_prm["prompt_mask"], x_prm["key"]))
+    kv, kv_note = _kv_cache_bytes(pj, mesh_shape)
+    args = [Part(f"PRM parameters ({pj.cfg.param_dtype})", prm_b),
+            Part("PRM inputs", per_device_bytes((x_prm["prompt"], x_prm["prompt_mask"])))]
+    resident = [Part(f"resident policy parameters ({cfg.param_dtype})", params_b),
+                Part("resident optimizer state", opt_b, opt_note)]
+    if ref_b:
+      resident.append(Part("resident reference params", ref_b, "for the KL term"))
+    prm_prog = _program("prm", f"the PRM's greedy decode: {pj.prompts} rollouts per call", compiled, err, secs,
+                        args, acc, "KV cache, prefill activations, per-step logits",
+                        Part("  of which KV cache", kv, "analytic: " + kv_note), resident)
+    for prog in out:  # the PRM stays on the device while the policy samples and updates
+      prog.parts.append(Part(f"resident PRM parameters ({pj.cfg.param_dtype})", prm_b, "frozen, no optimizer"))
+      prog.total += prm_b
+    out.append(prm_prog)
+
   if "iteration" in programs:
     reward = rl.rule_reward(lambda tokens, lengths, finished, targets: finished.astype(jnp.float32))
     fn = rl.make_iteration(cfg, s, x["tx"], reward, x["schedule"], state_sh)
@@ -494,6 +547,24 @@ def _shard_bytes(cfg: ModelConfig, mesh_shape: dict[str, int], dtype) -> float:
   return total
 
 
+def _sampler_temp(job: Job, mesh_shape: dict[str, int], params_b: float) -> float:
+  """Analytic sampler temporaries per device, the KV cache included (see `plan_analytic`)."""
+  cfg = job.cfg
+  dp, tp = mesh_shape["data"] * mesh_shape["fsdp"], mesh_shape["tp"]
+  cb, f32 = np.dtype(cfg.dtype).itemsize, 4
+  heads = cfg.num_heads / tp if cfg.num_heads % tp == 0 else cfg.num_heads
+  mlp = cfg.intermediate_size / tp if cfg.intermediate_size % tp == 0 else cfg.intermediate_size
+  kv, _ = _kv_cache_bytes(job, mesh_shape)
+  P_, S, D = job.prompt_len, job.prompt_len + job.new_tokens, cfg.hidden_size
+  # Prefill of B / dp prompts, then the cache repeated G times and the decode loop.
+  prefill = (job.prompts / dp) * (3 * heads * P_ * S * f32 + 4 * P_ * mlp * cb + 4 * P_ * D * cb)
+  decode = (job.rows / dp) * (6 * cfg.vocab_size * f32)  # per-step logits, noise, filtered logits
+  # The weights cast to the compute dtype once, hoisted out of the decode loop.
+  decode += params_b * cb / np.dtype(cfg.pdtype).itemsize if cfg.dtype != cfg.pdtype else 0
+  # Peak: the prefill (the prompts' cache, before it is repeated G times) or the decode loop (both caches).
+  return max(kv / job.group + prefill, kv + kv / job.group + decode)
+
+
 def plan_analytic(job: Job, acc: Accelerator) -> Plan:
   """Per-device memory from shapes alone, for targets this machine cannot compile for (GPUs).
 
@@ -519,17 +590,10 @@ def plan_analytic(job: Job, acc: Accelerator) -> Plan:
   ref_b = params_b if s.kl_coef > 0 else 0.0
   opt_note = _opt_note(cfg)
   kv, kv_note = _kv_cache_bytes(job, mesh_shape)
-  P_, T, S = job.prompt_len, job.new_tokens, job.prompt_len + job.new_tokens
+  T, S = job.new_tokens, job.prompt_len + job.new_tokens
   D, L = cfg.hidden_size, cfg.num_layers
 
-  # Sampler: prefill of B / dp prompts, then the cache repeated G times and the decode loop.
-  bp = job.prompts / dp
-  prefill = bp * (3 * heads * P_ * S * f32 + 4 * P_ * mlp * cb + 4 * P_ * D * cb)
-  decode = (job.rows / dp) * (6 * cfg.vocab_size * f32)  # per-step logits, noise, filtered logits
-  # The weights cast to the compute dtype once, hoisted out of the decode loop.
-  decode += params_b * cb / np.dtype(cfg.pdtype).itemsize if cfg.dtype != cfg.pdtype else 0
-  # Peak: the prefill (the prompts' cache, before it is repeated G times) or the decode loop (both caches).
-  sampler_temp = max(kv / job.group + prefill, kv + kv / job.group + decode)
+  sampler_temp = _sampler_temp(job, mesh_shape, params_b)
   sampler = [Part(f"parameters ({cfg.param_dtype})", params_b),
              Part("KV cache", kv, kv_note),
              Part("prefill + decode transients", sampler_temp - kv, "analytic"),
@@ -553,9 +617,24 @@ def plan_analytic(job: Job, acc: Accelerator) -> Plan:
                                                 "layer's attention scores and MLP"),
              Part("logits block", logits, f"{r:g} rows x {chunk} positions x {vocab:g} vocab, float32, ~4 copies")]
   hbm = acc.hbm_gib * GiB
+  if job.prm is not None:
+    pj = job.prm
+    prm_b = _shard_bytes(pj.cfg, mesh_shape, pj.cfg.pdtype)
+    for parts in (sampler, update):  # the PRM stays on the device while the policy samples and updates
+      parts.append(Part(f"resident PRM parameters ({pj.cfg.param_dtype})", prm_b, "frozen, no optimizer"))
+    pkv, pkv_note = _kv_cache_bytes(pj, mesh_shape)
+    prm = [Part(f"PRM parameters ({pj.cfg.param_dtype})", prm_b), Part("KV cache", pkv, pkv_note),
+           Part("prefill + decode transients", _sampler_temp(pj, mesh_shape, prm_b) - pkv, "analytic"),
+           Part(f"resident policy parameters ({cfg.param_dtype})", params_b),
+           Part("resident optimizer state", opt_b, opt_note)]
+    if ref_b:
+      prm.append(Part("resident reference params", ref_b, "for the KL term"))
   progs = [ProgramPlan("sampler", "sampling.sample via rl.rollout (analytic)", sampler,
                        sum(p.bytes for p in sampler), hbm),
            ProgramPlan("update", "rl.policy_update (analytic)", update, sum(p.bytes for p in update), hbm)]
+  if job.prm is not None:
+    progs.append(ProgramPlan("prm", f"the PRM's greedy decode: {job.prm.prompts} rollouts per call (analytic)", prm,
+                             sum(p.bytes for p in prm), hbm))
   notes = []
   if not acc.is_tpu:
     peak = max(p.total for p in progs)

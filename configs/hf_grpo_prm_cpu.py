@@ -1,0 +1,43 @@
+"""CPU debug config of SPARK-PRM Stage III on real text (pipeline `hf_grpo` with `reward.kind = "prm"`): a small real
+model as both the policy and, frozen, the generative PRM (`reward.prm_dir = "@policy"`), on GSM8K, with the format
+constraint and the paper's step guards; the PRM is decoded greedily on the host side of the split iteration.
+
+Command:   python -m sparkjax.tools.fetch_model qwen2.5-coder-0.5b-instruct --gguf-only   # once: the cached GGUF
+           python -m sparkjax.main --config=configs/hf_grpo_prm_cpu.py --workdir=/tmp/hf_grpo_prm_cpu
+Hardware:  any CPU; see README "SPARK-PRM Stage III" for what a run on this project's 2-core machine measured.
+Args:      iterations=N (default 3), model_dir=PATH (a HF directory instead of the cached GGUF), prm_dir=PATH (a
+           trained generative PRM instead of the policy's own weights).
+
+This checks the path (prompting for the format, the format check on decoded text, the PRM prompt in the verifier
+format, greedy PRM decoding, host verdict parsing, rewards, update), not learning: an instruct model that was not
+trained as a verifier rarely writes verdicts the parser can read, and those rows earn 0 (counted as
+score_prm_parsed).
+"""
+
+from pathlib import Path
+
+from sparkjax.config_args import SPARK_FORMAT_INSTRUCTION, hf_grpo_config, parse_arg
+from sparkjax.tools import fetch_model
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+MODEL = "qwen2.5-coder-0.5b-instruct"
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, iterations=3, model_dir="", prm_dir="@policy")
+  c = hf_grpo_config(
+      preset="", model_dir=arg.model_dir,
+      train_path=str(SHARED / "data" / "gsm8k" / "train.jsonl"),
+      eval_path=str(SHARED / "data" / "gsm8k" / "test.jsonl"),
+      max_prompt_len=256, max_new_tokens=192, prompts=2, group_size=4, iterations=arg.iterations, lr=1e-6,
+      mesh=dict(data=-1, fsdp=1, tp=1), dtype="float32", param_dtype="float32", remat=False, eval_size=4,
+      eval_batch=4)
+  if not arg.model_dir:
+    c.model.gguf = str(fetch_model.cache_path(MODEL))
+  c.data.template = SPARK_FORMAT_INSTRUCTION
+  # GSM8K solutions take 2-8 steps; the paper's guards are 4-20 steps.
+  c.reward.update(kind="prm", prm_dir=arg.prm_dir, prm_format="prm_cot", design="process_outcome", min_steps=2,
+                  max_steps=20, prm_max_new_tokens=256, prm_rows=8)
+  c.checkpoint.every = 1
+  c.eval.every = 3
+  return c

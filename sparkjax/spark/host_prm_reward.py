@@ -1,0 +1,108 @@
+"""SPARK-PRM Stage III on real text: a generative PRM directory as the GRPO reward, scored on the host side of the
+split iteration (`rl.host_reward.HostRewardIteration`), for any tokenizer.
+
+Per rollout: the format constraint on the decoded text (`spark.rewards.format_check_text`); a valid response's
+`<step>` blocks and boxed answer become the PRM's input in the verifier format (`spark.verdicts.verifier_prompt`,
+"llm" style); the PRM decodes greedily (T = 0, as the paper) through `text_generation.TextModel`; its output is read
+by the shared parser (`prm_scorers.score_texts`); an unreadable output is counted and earns 0. Invalid responses are
+not sent to the PRM. The scalar reward designs apply here (`process_outcome`, `step_augmented`); the token-level
+ones (`selective_advantage`, `global_step`) need each token's step, which the world path computes on device.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from sparkjax import sharding, text_generation
+from sparkjax.data.host_grading import last_boxed
+from sparkjax.models import hf
+from sparkjax.models import tokenizer as tok_lib
+from sparkjax.spark import prm_examples, prm_scorers, rewards, world_reward
+
+HOST_DESIGNS = ("process_outcome", "step_augmented")
+_STEP = re.compile(r"<step>(.*?)</step>", re.S)
+
+
+def split_response(text: str) -> tuple[list[str], str | None]:
+  """(the contents of the `<step>` blocks, stripped; the last boxed answer or None) of a policy response."""
+  return [s.strip() for s in _STEP.findall(text)], last_boxed(text)
+
+
+def design_rewards(design: str, valid, final, step_correct, num_steps, prm_steps) -> np.ndarray:
+  """Host rewards [N] of a scalar design (formulas as `spark.rewards`): process_outcome r = valid * y;
+  step_augmented r = valid * (0.4 k / n + 0.6 y), the k / n part 0 unless the PRM judged the policy's n steps."""
+  valid, y = np.asarray(valid, np.float32), np.asarray(final, np.float32)
+  if design == "process_outcome":
+    return valid * y
+  if design == "step_augmented":
+    n = np.asarray(num_steps)
+    usable = (np.asarray(prm_steps) == n) & (n > 0)
+    in_steps = np.arange(step_correct.shape[1])[None, :] < n[:, None]
+    k = (np.asarray(step_correct) & in_steps).sum(1)
+    frac = np.where(usable, k / np.maximum(n, 1), 0.0)
+    return (valid * (0.4 * frac + 0.6 * y)).astype(np.float32)
+  raise ValueError(f"reward design {design!r} is not available on the host path; host designs: "
+                   f"{', '.join(HOST_DESIGNS)} (selective_advantage and global_step run in the world's device path)")
+
+
+class HostPRMScorer:
+  """`scorer(texts: list[str], problems: list[str]) -> dict` of [N] numpy arrays: rewards, format_valid,
+  num_steps, prm_parsed (the PRM's output held a final verdict), prm_final, and per-row hack indicators.
+
+  prm_dir: a Hugging Face directory of a generative PRM (format "prm" or "prm_cot": verdict lines and a final
+  Yes/No line; "orm": the final line only); params: its parameters when already loaded (e.g. the policy's own
+  starting weights), else read from prm_dir onto `mesh`. rows: sampler rows per PRM call.
+  """
+
+  def __init__(self, prm_dir: str | Path, fmt: str, design: str, spec: rewards.FormatSpec, max_new_tokens: int,
+               rows: int = 64, mesh=None, params=None):
+    if fmt not in prm_examples.GENERATIVE_FORMATS:
+      known = ", ".join(prm_examples.GENERATIVE_FORMATS)
+      raise ValueError(f"PRM format {fmt!r}: the host path reads generative PRMs ({known}); a discriminative PRM "
+                       "runs in the world's device path")
+    design_rewards(design, [], [], np.zeros((0, 1), bool), [], [])  # refuses an unknown design now
+    prm_dir = Path(prm_dir)
+    cfg = hf.load_config(prm_dir)
+    tok = tok_lib.load_tokenizer(prm_dir)
+    shardings = sharding.param_shardings(cfg, mesh) if mesh is not None else None
+    if params is None:
+      params, cfg = hf.load_params(prm_dir, cfg, shardings)
+    stop = tok_lib.stop_tokens(tok, prm_dir)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)
+    self.model = text_generation.TextModel(params, cfg, lambda t: tok.encode(t, add_special_tokens=False), decode,
+                                           stop, pad, rows, shardings, mesh)
+    self.fmt, self.design, self.spec, self.max_new_tokens = fmt, design, spec, max_new_tokens
+
+  def __call__(self, texts: Sequence[str], problems: Sequence[str]) -> dict:
+    N = len(texts)
+    checks = [rewards.format_check_text(t, self.spec) for t in texts]
+    valid = np.array([c[0] for c in checks])
+    num_steps = np.array([c[1] for c in checks], np.int32)
+    parts = [split_response(t) for t in texts]
+    todo = [i for i in range(N) if valid[i]]
+    prompts = [prm_examples.build_prompt(dict(problem=problems[i], steps=parts[i][0], answer=parts[i][1]), self.fmt,
+                                         style="llm") for i in todo]
+    outs = self.model.sample_texts(prompts, 1, self.max_new_tokens, 0.0, jax.random.key(0), desc="prm") if todo \
+        else []
+    read = prm_scorers.score_texts([o[0] for o in outs], [len(parts[i][0]) for i in todo], fmt=self.fmt,
+                                   max_steps=max([self.spec.max_steps] + [len(parts[i][0]) for i in todo]))
+    S = read["step_correct"].shape[1] if todo else 1
+    final, parsed = np.zeros(N, bool), np.zeros(N, bool)
+    step_correct, prm_steps = np.zeros((N, S), bool), np.full(N, -1, np.int32)
+    if todo:
+      final[todo], parsed[todo] = read["final"], read["has_final"]
+      if self.fmt != "orm":
+        step_correct[todo], prm_steps[todo] = read["step_correct"], read["num_steps"]
+    r = design_rewards(self.design, valid, final & parsed, step_correct, num_steps, prm_steps)
+    reason = np.array([rewards.REASONS.index(c[2]) for c in checks])
+    hacks = {k: np.asarray(v) for k, v in world_reward.format_hacks(reason).items()}
+    # prm_parsed counts only rows sent to the PRM; the rest were refused by the format constraint.
+    return dict(rewards=r, format_valid=valid.astype(np.float32), num_steps=num_steps.astype(np.float32),
+                prm_scored=valid.astype(np.float32), prm_parsed=parsed.astype(np.float32),
+                prm_final=(final & parsed).astype(np.float32)) | hacks
