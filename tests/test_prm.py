@@ -357,6 +357,29 @@ def test_discriminative_training_lowers_the_loss(tok):
   assert not np.allclose(trained["embed"], params["embed"])
 
 
+@pytest.mark.parametrize("fmt", ["disc", "prm"])
+def test_prm_training_resumes_bitwise(tok, tmp_path, fmt):
+  """Stopped after 4 of 6 steps (its checkpoint every 2) and started again: the same parameters and history as an
+  uninterrupted run."""
+  from sparkjax.train.checkpoint import Checkpointer
+
+  cfg = tiny_cfg(tok)
+  params = transformer.init_params(cfg, jax.random.key(0))
+  recs = world_records(5, 24)
+  batch = (prm_examples.encode_discriminative(tok, recs, sep="\n") if fmt == "disc" else
+           prm_examples.encode_examples(tok, recs, fmt, "world"))
+  opt = optimizer_config(3e-3, 6, warmup_steps=1)
+  kw = dict(batch_size=8, seed=0, log_every=1, checkpoint_every=2,
+            label_ids=prm_examples.label_token_ids(tok) if fmt == "disc" else None)
+  straight, h1 = prm_train.train_prm(params, cfg, batch, fmt, opt, steps=6, **kw)
+  ckpt = Checkpointer(tmp_path / "c")
+  prm_train.train_prm(params, cfg, batch, fmt, opt, steps=4, ckpt=ckpt, **kw)  # a run stopped after step 4
+  resumed, h2 = prm_train.train_prm(params, cfg, batch, fmt, opt, steps=6, ckpt=ckpt, **kw)
+  ckpt.close()
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), straight, resumed)
+  assert [h["step"] for h in h2] == [1, 2, 3, 4, 5, 6] and [h["loss"] for h in h2] == [h["loss"] for h in h1]
+
+
 # ---- a trained generative PRM, scored on device and on the host -------------------------------------------------
 
 

@@ -78,3 +78,23 @@ def test_claims_on_a_hand_made_report():
   assert c["within_noise"] is True
   md = stage3_report.table_markdown(report)
   assert "| c/selective_advantage | 70.0 | 44.0 |" in md
+
+
+def test_replicates_combine(tmp_path):
+  import json
+
+  def rep(g):
+    return dict(sft=dict(greedy_accuracy=0.5, accuracy=0.3), heldout=dict(problems=100, samples_per_problem=8),
+                iterations=10, runs={"rlvr": _run("rlvr", None, None, g, g / 2)})
+
+  dirs = []
+  for i, g in enumerate((0.6, 0.7, 0.8)):
+    d = tmp_path / f"r{i}" / "stage3"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps(rep(g)))
+    dirs.append(str(d.parent))
+  c = stage3_report.combine([rep(0.6), rep(0.7), rep(0.8)])
+  g = c["runs"]["rlvr"]["greedy_accuracy"]
+  assert g["mean"] == pytest.approx(0.7) and g["sd"] == pytest.approx(0.1) and c["replicates"] == 3
+  assert stage3_report.main(dirs) == 0
+  assert stage3_report.main([str(tmp_path / "missing")]) == 2

@@ -151,6 +151,14 @@ def test_baselines(world):
   rand = [np.asarray(WR.make_random_reward(tok, seed)(None, prompt, mask, out, targets)["rewards"]) for seed in (0, 1)]
   assert set(np.concatenate(rand).tolist()) == {0.0, 1.0} and not np.array_equal(rand[0], rand[1])
   np.testing.assert_array_equal(rand[0], WR.make_random_reward(tok, 0)(None, prompt, mask, out, targets)["rewards"])
+  # The same responses after an update (other log-probabilities) draw new coins: the policy cannot learn them.
+  moved = out._replace(logprobs=out.logprobs - 0.5)
+  again = np.asarray(WR.make_random_reward(tok, 0)(None, prompt, mask, moved, targets)["rewards"])
+  assert not np.array_equal(again, rand[0])
+  many = sampling.SampleOutput(tokens=jnp.tile(out.tokens, (256, 1)), logprobs=jnp.tile(out.logprobs, (256, 1)),
+                               lengths=jnp.tile(out.lengths, 256), finished=jnp.tile(out.finished, 256))
+  coins = np.asarray(WR.make_random_reward(tok, 0)(None, prompt, mask, many, jnp.tile(targets, 256))["rewards"])
+  assert 0.45 < coins.mean() < 0.55  # 2,048 rows of the same 8 responses: a fair coin per row
 
 
 def test_hack_diagnostics(world):

@@ -14,6 +14,7 @@ output is already there, so a killed run continues where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -360,8 +361,18 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     disc = (dict(until_first_error=c.get("disc_until_first_error", False),
                  balance_classes=c.get("disc_balance_classes", False)) if fmt == "disc" else {})
     steps, optimizer = run_schedule(c, fmt)
-    params, history = prm_train.train_prm(base_params, cfg, examples, fmt, optimizer, steps, c.batch_size,
-                                          config.seed, writer=writer, label_ids=label_ids, **disc)
+    # The checkpoints of one (run, training data, schedule): records changed since (a Stage-I file rewritten) train
+    # a fresh PRM rather than resuming the old one.
+    fingerprint = hashlib.sha256(json.dumps([records, steps, c.batch_size, optimizer.to_dict(), disc],
+                                            sort_keys=True, default=str).encode()).hexdigest()[:12]
+    ckpt = Checkpointer(workdir / "checkpoints" / "prm" / f"{run.replace(':', '_')}-{fingerprint}",
+                        max_to_keep=config.checkpoint.keep)
+    try:
+      params, history = prm_train.train_prm(base_params, cfg, examples, fmt, optimizer, steps, c.batch_size,
+                                            config.seed, writer=writer, label_ids=label_ids, ckpt=ckpt,
+                                            checkpoint_every=config.checkpoint.every, **disc)
+    finally:
+      ckpt.close()
     res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)
     prm_dir = workdir / "prms" / run.replace(":", "_")
     save_prm(params, cfg, tokenizer, prm_dir, dict(variant=variant, format=fmt, world=config.world.to_dict()))

@@ -9,6 +9,7 @@ Shapes: B rows, T tokens, S step slots.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from typing import Any
 
@@ -123,7 +124,7 @@ def _row_stream(n: int, batch_size: int, seed: int):
 def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg, steps: int, batch_size: int,
               seed: int, log_every: int = 50, writer: metrics_lib.Writer | None = None,
               label_ids: tuple[int, int] | None = None, accum: int = 1, until_first_error: bool = False,
-              balance_classes: bool = False) -> tuple[Any, list[dict]]:
+              balance_classes: bool = False, ckpt=None, checkpoint_every: int = 100) -> tuple[Any, list[dict]]:
   """Trains a reward model of format `fmt` on encoded examples; returns (params, metrics history).
 
   Generative formats use `sft.make_sft_step` (mean target-token cross-entropy); "disc" uses `make_disc_step` and
@@ -141,6 +142,9 @@ def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg,
     until_first_error: "disc" only: train on each row's labels up to its first incorrect one (`first_error_mask`).
     balance_classes: "disc" only: weight correct and incorrect steps to equal totals (`class_weights` of the whole
       training set).
+    ckpt: a `train.checkpoint.Checkpointer`: the state and the history are saved every `checkpoint_every` steps
+      and after the last, and training resumes from its newest readable step (the row stream is a function of the
+      step, so a resumed run ends with the same parameters as an uninterrupted one).
 
   Returns:
     (trained params, [dict(step=k, loss=..., ...) per logged step]).
@@ -171,8 +175,18 @@ def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg,
   rows = _row_stream(n, batch_size, seed)
   history: list[dict] = []
   logged: list[int] = []  # the step of each pushed entry; the loop hands entries back one push late
+  start = 0
+  if ckpt is not None:
+    resumed = ckpt.resume(state, None, lambda msg: print(msg, file=sys.stderr))
+    if resumed is not None:
+      state, extra = resumed
+      start, history = int(state.step), list(extra.get("history", []))
+      logged = [h["step"] for h in history]
+      for _ in range(start):  # the batches the saved steps consumed
+        next(rows)
   t0 = time.time()
-  bar = cli.Progress(range(steps), total=steps, desc=f"prm:{fmt}", disable=jax.process_index() != 0)
+  bar = cli.Progress(range(start, steps), initial=start, total=steps, desc=f"prm:{fmt}",
+                     disable=jax.process_index() != 0 or start >= steps)
   for step in bar:
     idx = next(rows)
     state, m = step_fn(state, {k: v[idx] for k, v in data.items()})
@@ -182,6 +196,11 @@ def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg,
       if host:
         history.append(dict(step=logged[len(history)], **host))
         bar.set_postfix(loss=f"{host['loss']:.4f}")
+    if ckpt is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+      host = loop.flush()  # the history is complete up to this step before the checkpoint exists
+      if host:
+        history.append(dict(step=logged[len(history)], **host))
+      ckpt.save(step + 1, state, {}, dict(history=history))
   host = loop.flush()
   if host:
     history.append(dict(step=logged[len(history)], **host))

@@ -181,3 +181,75 @@ def plot_accuracy(report: dict, path: Path) -> Path:
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return Path(path)
+
+
+# ---- replicates --------------------------------------------------------------------------------------------------
+
+
+def combine(reports: list[dict]) -> dict:
+  """Per run, the final held-out accuracies and training diagnostics of several replicates (`stage3.replicate`,
+  one workdir each) as lists, with their mean and spread (sample standard deviation; 0 for one replicate)."""
+  names = [n for n in reports[0]["runs"] if all(n in r["runs"] for r in reports)]
+  out = {}
+  for name in names:
+    row = {}
+    for metric, _ in METRICS:
+      row[metric] = [final(r, name, metric) for r in reports]
+    row["prm_false_positive"] = [r["runs"][name]["train"].get("score_prm_false_positive", {}).get("end")
+                                 for r in reports]
+    row["hack_rate"] = [hack_rate(r["runs"][name]) for r in reports]
+    out[name] = {k: dict(values=v, mean=_mean(v), sd=_sd(v)) for k, v in row.items()}
+  return dict(replicates=len(reports), sft=[r["sft"] for r in reports], runs=out)
+
+
+def _mean(v):
+  v = [x for x in v if x is not None]
+  return sum(v) / len(v) if v else None
+
+
+def _sd(v):
+  v = [x for x in v if x is not None]
+  if len(v) < 2:
+    return 0.0 if v else None
+  m = sum(v) / len(v)
+  return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+
+def combined_markdown(c: dict) -> str:
+  """The replicates' table: mean +- sd (and each value) of held-out greedy and sampled accuracy per run."""
+  fmt = lambda d: "—" if d["mean"] is None else (f"{100 * d['mean']:.1f} ± {100 * d['sd']:.1f} ("
+                                                  + " / ".join(_pct(x) for x in d["values"]) + ")")
+  lines = [f"Held-out accuracy (%) after RL, mean ± sd over {c['replicates']} replicates (each value in brackets); "
+           "same SFT policy, other RL prompts and sampling keys per replicate.", "",
+           "| run | greedy | sampled | PRM false pos. (end) |", "|---|---|---|---|"]
+  for name, r in c["runs"].items():
+    lines.append(f"| {name} | {fmt(r['greedy_accuracy'])} | {fmt(r['accuracy'])} | {fmt(r['prm_false_positive'])} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  """`python -m sparkjax.spark.stage3_report WORKDIR...`: the replicates' table of several Stage III workdirs."""
+  import argparse
+  import json
+  import sys
+
+  ap = argparse.ArgumentParser(prog="python -m sparkjax.spark.stage3_report", description=main.__doc__)
+  ap.add_argument("workdirs", nargs="+", help="workdirs of spark_rl / spark runs (each holds stage3/results.json)")
+  ap.add_argument("--json", default="", help="also write the combined figures here")
+  args = ap.parse_args(argv)
+  reports = []
+  for d in args.workdirs:
+    path = Path(d) / "stage3" / "results.json"
+    if not path.is_file():
+      print(f"stage3_report: error: {path} does not exist (not a finished Stage III workdir)", file=sys.stderr)
+      return 2
+    reports.append(json.loads(path.read_text()))
+  c = combine(reports)
+  print(combined_markdown(c))
+  if args.json:
+    Path(args.json).write_text(json.dumps(c, indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

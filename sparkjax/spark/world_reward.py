@@ -253,15 +253,23 @@ def make_rlvr_reward(tok, spec: rewards.FormatSpec | None = None):
 
 
 def make_random_reward(tok, seed: int = 0, spec: rewards.FormatSpec | None = None):
-  """The random baseline's scorer: reward 0 or 1 with probability 1/2, a fixed function of the response's tokens
-  (so independent of its correctness), with the answer check (and with `spec` the format report) as diagnostics."""
+  """The random baseline's scorer: reward 0 or 1 with probability 1/2, independent of the response's correctness
+  and drawn afresh every iteration, with the answer check (and with `spec` the format report) as diagnostics.
+
+  The coin of row n is keyed by (seed, the bits of the response's summed sampling log-probability, n): that sum
+  depends on the policy's parameters, which every update changes, so the same response gets a new coin in the next
+  iteration. A coin keyed by the response's tokens alone is a fixed function the policy can learn: in the world it
+  did (reward 0.99 after 300 iterations, by responses that were all invalid and wrong).
+  """
   answer_ok = _exact_answer(tok)
 
   def reward_fn(_, prompt_BP, prompt_mask_BP, out, targets_N):
     T = out.tokens.shape[1]
     live = jnp.arange(T)[None, :] < out.lengths[:, None]
-    h = jnp.sum(jnp.where(live, out.tokens, 0).astype(jnp.uint32) * (2 * jnp.arange(T, dtype=jnp.uint32) + 1), 1)
-    keys = jax.vmap(lambda x: jax.random.fold_in(jax.random.key(seed), x))(h)
+    logp = jnp.sum(jnp.where(live, out.logprobs, 0.0), axis=1).astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(logp, jnp.uint32)
+    keys = jax.vmap(lambda b, n: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), b), n))(
+        bits, jnp.arange(bits.shape[0], dtype=jnp.uint32))
     r = jax.vmap(lambda k: jax.random.bernoulli(k))(keys).astype(jnp.float32)
     return dict(rewards=r, answer_correct=answer_ok(out.tokens, out.lengths, out.finished, targets_N)) | (
         format_report(out, tok, spec) if spec else {})
