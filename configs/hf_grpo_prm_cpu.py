@@ -30,8 +30,12 @@ def get_config(arg=None):
       train_path=str(SHARED / "data" / "gsm8k" / "train.jsonl"),
       eval_path=str(SHARED / "data" / "gsm8k" / "test.jsonl"),
       max_prompt_len=256, max_new_tokens=192, prompts=2, group_size=4, iterations=arg.iterations, lr=1e-6,
-      mesh=dict(data=-1, fsdp=1, tp=1), dtype="float32", param_dtype="float32", remat=False, eval_size=4,
-      eval_batch=4)
+      mesh=dict(data=-1, fsdp=1, tp=1), dtype="float32", param_dtype="float32", remat=True, eval_size=4,
+      eval_batch=4,
+      # 0.63B float32 parameters, their Adam moments and the reference take ~10 GB; the update runs its 8 rollouts
+      # one at a time and the [rows, positions, 151,936] logits 64 positions at a time (without both, the run
+      # was killed at 24 GB).
+      microbatches=8, logprob_chunk=64)
   if not arg.model_dir:
     c.model.gguf = str(fetch_model.cache_path(MODEL))
   c.data.template = SPARK_FORMAT_INSTRUCTION
