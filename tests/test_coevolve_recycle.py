@@ -123,3 +123,34 @@ def test_cache_fifo_reset_and_round_trip():
   assert len(c) == 0
   with pytest.raises(ValueError, match="does not have the fields"):
     R.JudgeCache.from_state(dict(examples=[dict(kind="pointwise")]))
+
+
+def test_self_judge_loop_and_its_scores():
+  """A scripted model: question 0 is answered right and judged Yes (no reflection); question 1 is answered wrong,
+  judged No, fixed by the first reflection, then judged Yes; question 2 is right but judged No twice (the weak
+  judge breaks it: each reflection writes a wrong answer), and after `rounds` = 2 reflections the loop stops."""
+  import re
+
+  from sparkjax.coevolve import self_judge as SJ
+
+  def generate(prompts):
+    out = []
+    for p in prompts:
+      q = re.search(r"Q(\d)", p).group(1)
+      if "Yes or No" in p:  # the judge: right answers are approved, except question 2's
+        out.append("\\boxed{Yes}" if "ANS_OK" in p and q != "2" else "\\boxed{No}")
+      elif p.startswith("Solve"):
+        out.append({"0": "ANS_OK", "1": "ANS_BAD", "2": "ANS_OK"}[q])
+      else:  # a reflection
+        out.append("ANS_OK" if q == "1" else "ANS_BAD")
+    return out
+
+  traces = SJ.self_judge(generate, ["Q0", "Q1", "Q2"], lambda q: f"Solve {q}", rounds=2)
+  assert [t.answers for t in traces] == [["ANS_OK"], ["ANS_BAD", "ANS_OK"], ["ANS_OK", "ANS_BAD", "ANS_BAD"]]
+  assert [t.verdicts for t in traces] == [["Yes"], ["No", "Yes"], ["No", "No"]]
+  s = SJ.score(traces, lambda answer, i: answer == "ANS_OK")
+  assert s == dict(questions=3, accuracy_without=2 / 3, accuracy_with=2 / 3, judge_accuracy=2 / 3,
+                   judge_false_positive=0.0, judge_unreadable=0, fixed=1, broken=1, reflections=3)
+  assert [t.answers for t in SJ.self_judge(generate, ["Q1"], lambda q: f"Solve {q}", rounds=0)] == [["ANS_BAD"]]
+  with pytest.raises(ValueError, match="rounds=-1"):
+    SJ.self_judge(generate, ["Q1"], lambda q: q, rounds=-1)
