@@ -37,3 +37,28 @@ def smollm2_dir(tmp_path_factory) -> Path:
   from sparkjax.models.gguf import convert_gguf
 
   return convert_gguf(SMOLLM2_GGUF, tmp_path_factory.mktemp("smollm2") / "hf").out_dir
+
+
+QWEN3_TOK = Path(__file__).resolve().parents[1].parent / "shared" / "tokenizers" / "qwen3"
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory) -> Path:
+  """A tiny random Qwen2 with the real Qwen3 tokenizer as a HF directory: real text in, gibberish out (e.g. a PRM
+  or judge whose output no parser can read)."""
+  if not (QWEN3_TOK / "tokenizer.json").is_file():
+    pytest.skip(f"shared Qwen3 tokenizer not found at {QWEN3_TOK}")
+  import jax
+
+  from sparkjax.models import hf, transformer
+  from sparkjax.models.config import ModelConfig
+  from sparkjax.models.tokenizer import load_tokenizer
+
+  tok = load_tokenizer(QWEN3_TOK)
+  cfg = ModelConfig.tiny("qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_heads=4,
+                         num_kv_heads=2, head_dim=8, num_layers=2, eos_token_id=tok.eos_token_id,
+                         max_position_embeddings=1024, tie_embeddings=False)
+  params = transformer.init_params(cfg, jax.random.key(0), std=0.02)
+  out = tmp_path_factory.mktemp("tiny_qwen") / "hf"
+  hf.save_params(params, cfg, out, extra_files=lambda tmp: [shutil.copy(f, tmp) for f in QWEN3_TOK.glob("*.json")])
+  return out

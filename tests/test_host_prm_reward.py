@@ -3,20 +3,16 @@ hand-computed values, a PRM that writes nothing parseable (counted, reward 0), a
 directory as its reward."""
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from sparkjax.models import hf, transformer
-from sparkjax.models.config import ModelConfig
 from sparkjax.spark import host_prm_reward as H
 from sparkjax.spark import rewards as R
 
 ROOT = Path(__file__).resolve().parents[1]
-QWEN3_TOK = ROOT.parent / "shared" / "tokenizers" / "qwen3"
 
 
 def _resp(steps, answer="7", tail=""):
@@ -25,20 +21,9 @@ def _resp(steps, answer="7", tail=""):
 
 
 @pytest.fixture(scope="module")
-def prm_dir(tmp_path_factory):
+def prm_dir(tiny_qwen_dir):
   """A tiny random Qwen2 with the real Qwen3 tokenizer: it writes nothing a verification parser can read."""
-  if not (QWEN3_TOK / "tokenizer.json").is_file():
-    pytest.skip(f"shared Qwen3 tokenizer not found at {QWEN3_TOK}")
-  from sparkjax.models.tokenizer import load_tokenizer
-
-  tok = load_tokenizer(QWEN3_TOK)
-  cfg = ModelConfig.tiny("qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_heads=4,
-                         num_kv_heads=2, head_dim=8, num_layers=2, eos_token_id=tok.eos_token_id,
-                         max_position_embeddings=1024, tie_embeddings=False)
-  params = transformer.init_params(cfg, jax.random.key(0), std=0.02)
-  out = tmp_path_factory.mktemp("prm") / "hf"
-  hf.save_params(params, cfg, out, extra_files=lambda tmp: [shutil.copy(f, tmp) for f in QWEN3_TOK.glob("*.json")])
-  return out
+  return tiny_qwen_dir
 
 
 def test_designs_and_parsing_by_hand(prm_dir, monkeypatch):

@@ -81,3 +81,70 @@ def greedy_generator(model, max_new_tokens: int, key=None) -> Callable[[list[str
   """`generate(prompts) -> texts` of a `text_generation.TextModel`, greedy (T = 0)."""
   key = jax.random.key(0) if key is None else key
   return lambda prompts: [row[0] for row in model.sample_texts(prompts, 1, max_new_tokens, 0.0, key)] if prompts else []
+
+
+def main(argv=None) -> int:
+  """`python -m sparkjax.coevolve.self_judge --model DIR --data FILE.jsonl --out DIR`: the loop on math problems
+  with a Hugging Face model (its chat template), graded by math-verify; writes results.json (the scores) and
+  traces.jsonl (every answer and verdict) into --out and prints the scores."""
+  import argparse
+  import json
+  import sys
+  from pathlib import Path
+
+  from sparkjax import cli, text_generation
+  from sparkjax.config_args import QWEN_MATH_INSTRUCTION
+  from sparkjax.data import math as math_data
+  from sparkjax.data.host_grading import GraderPool
+  from sparkjax.models import hf
+  from sparkjax.models import tokenizer as tok_lib
+
+  ap = argparse.ArgumentParser(prog="python -m sparkjax.coevolve.self_judge", description=main.__doc__.split("\n")[0])
+  ap.add_argument("--model", required=True, help="a Hugging Face model directory")
+  ap.add_argument("--data", required=True, help="math problems: a .jsonl file (GSM8K, MATH) or a HF dataset name")
+  ap.add_argument("--split", default="test")
+  ap.add_argument("--limit", type=int, default=50, help="the first N problems")
+  ap.add_argument("--rounds", type=int, default=2, help="reflections at most")
+  ap.add_argument("--max_new_tokens", type=int, default=512)
+  ap.add_argument("--rows", type=int, default=16, help="prompts per sampler call")
+  ap.add_argument("--out", required=True, help="directory for results.json and traces.jsonl")
+  args = ap.parse_args(argv)
+  try:
+    out = cli.check_output_dir(args.out, "--out")
+    cfg = hf.load_config(args.model)
+    tok = tok_lib.load_tokenizer(args.model)
+    data = math_data.load_math(args.data, split=args.split, limit=args.limit)
+    if not data.records:
+      raise ValueError(f"{args.data}: no readable problem ({data.report()})")
+  except (ValueError, OSError) as e:
+    print(f"self_judge: error: {cli.one_line(e)}", file=sys.stderr)
+    return cli.EXIT_USER_ERROR
+  params, cfg = hf.load_params(args.model, cfg)
+  stop = tok_lib.stop_tokens(tok, args.model)
+  pad = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
+  model = text_generation.TextModel(params, cfg, lambda t: tok_lib.encode_prompt(tok, t, chat=True),
+                                    lambda ids: tok.decode(ids, skip_special_tokens=True), stop, pad, args.rows)
+  questions = [r.problem for r in data.records]
+  traces = self_judge(greedy_generator(model, args.max_new_tokens), questions,
+                      lambda q: QWEN_MATH_INSTRUCTION.format(problem=q), args.rounds)
+  pool = GraderPool("math_verify", workers=2, timeout=10.0)
+  try:
+    golds = [r.answer for r in data.records]
+    first = pool.grade([t.answers[0] for t in traces], golds).rewards
+    final = pool.grade([t.final for t in traces], golds).rewards
+  finally:
+    pool.close()
+  graded = {(i, t.answers[0]): bool(first[i]) for i, t in enumerate(traces)}
+  graded |= {(i, t.final): bool(final[i]) for i, t in enumerate(traces)}
+  result = score(traces, lambda answer, i: graded[(i, answer)])
+  result |= dict(model=str(args.model), data=str(args.data), rounds=args.rounds, max_new_tokens=args.max_new_tokens)
+  (out / "results.json").write_text(json.dumps(result, indent=2))
+  with open(out / "traces.jsonl", "w") as f:
+    for r, t in zip(data.records, traces):
+      f.write(json.dumps(dict(id=r.id, gold=r.answer, answers=t.answers, verdicts=t.verdicts)) + "\n")
+  print(json.dumps(result, indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
