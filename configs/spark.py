@@ -44,7 +44,7 @@ def get_config(arg=None):
   if arg.runlocal:
     c.policy.sft.update(steps=60, batch_size=32)
     c.policy.sft.optimizer.total_steps = 60
-    c.rl.update(iterations=2, batch_size=16, group_size=4, eval_every=1)
+    c.rl.update(iterations=2, batch_size=32, group_size=4, eval_every=1)  # 8 prompts: split over up to 8 devices
     c.rl.optimizer.total_steps = 2
     c.stage3.update(eval_size=8, eval_samples=2)
   return c
