@@ -42,9 +42,5 @@ def get_config(arg=None):
     c.stage2.runs = ["step_consistency:prm_cot"]
   spark_rl.stage3_fields(c, arg.iterations, ("rlvr", "step_consistency_prm_cot"))
   if arg.runlocal:
-    c.policy.sft.update(steps=60, batch_size=32)
-    c.policy.sft.optimizer.total_steps = 60
-    c.rl.update(iterations=2, batch_size=32, group_size=4, eval_every=1)  # 8 prompts: split over up to 8 devices
-    c.rl.optimizer.total_steps = 2
-    c.stage3.update(eval_size=8, eval_samples=2)
+    spark_rl.stage3_smoke(c)
   return c

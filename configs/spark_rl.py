@@ -78,10 +78,15 @@ def get_config(arg=None):
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2))
   stage3_fields(c, arg.iterations, RUNS)
   if arg.runlocal:
-    c.policy.sft.update(steps=60, batch_size=32)
-    c.policy.sft.optimizer.total_steps = 60
-    c.rl.update(iterations=2, batch_size=32, group_size=4, eval_every=1)  # 8 prompts: split over up to 8 devices
-    c.rl.optimizer.total_steps = 2
-    c.stage3.update(eval_size=8, eval_samples=2)
+    stage3_smoke(c)
     c.checkpoint.every = 1
   return c
+
+
+def stage3_smoke(c):
+  """The Stage III blocks at smoke size (`:runlocal`), shared with configs/spark.py."""
+  c.policy.sft.update(steps=60, batch_size=32)
+  c.policy.sft.optimizer.total_steps = 60
+  c.rl.update(iterations=2, batch_size=32, group_size=4, eval_every=1)  # 8 prompts: split over up to 8 devices
+  c.rl.optimizer.total_steps = 2
+  c.stage3.update(eval_size=8, eval_samples=2)
