@@ -63,7 +63,7 @@ def test_designs_and_parsing_by_hand(prm_dir, monkeypatch):
 def test_a_prm_that_writes_nothing_readable_earns_zero(prm_dir):
   scorer = H.HostPRMScorer(prm_dir, "prm_cot", "process_outcome", R.FormatSpec(1, 4), max_new_tokens=8)
   got = scorer([_resp(["1 + 1 = 2", "2 + 5 = 7"])] * 3, ["What is 1 + 1 + 5?"] * 3)
-  np.testing.assert_array_equal(got["prm_scored"], 1.0)
+  np.testing.assert_array_equal(got["format_valid"], 1.0)  # every row went to the PRM
   np.testing.assert_array_equal(got["prm_parsed"], 0.0)
   np.testing.assert_array_equal(got["rewards"], 0.0)
 

@@ -179,3 +179,29 @@ def test_misconceptions_are_systematic_and_only_in_demonstrations():
   assert seen_wrong > 40
   with pytest.raises(ValueError, match="misconceptions=1.5"):
     arith.WorldConfig(misconceptions=1.5)
+
+
+def test_distinct_problems_exhaust_the_held_out_split():
+  """The first n distinct problems of a stream, in order; asked for more than the split holds, every problem of the
+  split, which an independent enumeration of the small world counts."""
+  import itertools
+
+  from sparkjax.data import world_data
+
+  w = arith.WorldConfig(min_ops=2, max_ops=3, max_operand=3, max_value=12, ops="+-", heldout_every=5)
+  first = world_data.distinct_problems(9, 5, w, "heldout")
+  assert len({p.text() for p in first}) == 5 and all(arith.split_of(p, w) == "heldout" for p in first)
+  every = set()
+  for k in (2, 3):
+    for start in range(1, 4):
+      for ops in itertools.product([(o, x) for o in "+-" for x in (1, 2, 3)], repeat=k):
+        v, ok = start, True
+        for o, x in ops:
+          v = v + x if o == "+" else v - x
+          ok &= 0 <= v <= 12
+        p = arith.Problem(start, tuple(ops))
+        if ok and arith.split_of(p, w) == "heldout":
+          every.add(p.text())
+  got = world_data.distinct_problems(9, 10_000, w, "heldout")
+  assert {p.text() for p in got} == every and len(got) == len(every)
+  assert [p.text() for p in got[:5]] == [p.text() for p in first]

@@ -99,11 +99,13 @@ def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str
   return ds.batch(global_batch // process_count, drop_remainder=True).to_iter_dataset()
 
 
-def eval_set(encoder: WorldEncoder, seed: int, n: int, split: str = "train", distinct: bool = False) -> dict:
-  """A fixed evaluation RL batch of n problems of `split` (stacked numpy arrays). With `distinct`, the first n
-  distinct problems of the stream (fewer when the split holds fewer: a small world's held-out split has ~100)."""
-  problems = distinct_problems(seed, n, encoder.world, split) if distinct else [
-      arith.problem_at(seed, i, encoder.world, split) for i in range(n)]
+def eval_set(encoder: WorldEncoder, seed: int, n: int) -> dict:
+  """A fixed held-out RL batch of n problems (stacked numpy arrays)."""
+  return rl_batch(encoder, [arith.problem_at(seed, i, encoder.world) for i in range(n)])
+
+
+def rl_batch(encoder: WorldEncoder, problems) -> dict:
+  """The problems as one RL batch (stacked numpy arrays of `WorldEncoder.rl_example`)."""
   rows = [encoder.rl_example(p) for p in problems]
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 

@@ -22,8 +22,8 @@ def check_config(ch: config_check.Checks):
   """spark_prm's fields, Stage III's, and that every PRM a Stage III run names is one Stage II trains."""
   spark_prm.check_config(ch)
   spark_rl.check_stage3(ch, ch.mesh())
-  trained = {str(r).replace(":", "_") for r in (ch.get("stage2.runs", None) or [])}
-  for spec in spark_rl._specs(ch):
+  trained = {spark_prm.prm_dir_name(str(r)) for r in (ch.get("stage2.runs", None) or [])}
+  for spec in spark_rl.run_specs(ch):
     if spec.reward not in spark_rl.BASELINES and spec.reward not in trained:
       ch.fail("stage3.runs", spec.name, f"names PRM {spec.reward!r}, which stage2.runs does not train (it trains "
               f"{', '.join(sorted(trained)) or 'none'}; a run VARIANT:FORMAT is saved as VARIANT_FORMAT)")
@@ -32,11 +32,10 @@ def check_config(ch: config_check.Checks):
 def comparison(prm_summary: dict, report: dict) -> dict:
   """The main job's headline: per Stage III run, held-out greedy / sampled accuracy after SFT and after RL, its
   PRM's ProcessBench F1 (Stage II) and the hack rate; plus the verifier's sampled step accuracy."""
+  stage2 = {spark_prm.prm_dir_name(k): v for k, v in prm_summary["stage2"].items()}
   rows = {}
   for name, r in report["runs"].items():
-    prm_run = None if r["prm_format"] is None else r["reward"].rsplit("_" + r["prm_format"], 1)[0] + ":" + \
-        r["prm_format"]
-    f1 = prm_summary["stage2"].get(prm_run, {}).get("f1") if prm_run else None
+    f1 = stage2.get(r["reward"], {}).get("f1")  # None for the baselines
     last = r["history"][str(report["iterations"])]
     rows[name] = dict(greedy_accuracy=last["greedy_accuracy"], accuracy=last["accuracy"], prm_processbench_f1=f1,
                       hack_rate=stage3_report.hack_rate(r),

@@ -313,6 +313,11 @@ def run_schedule(c, fmt: str):
 PRM_META = "prm.json"  # read by spark_rl.load_world_prm
 
 
+def prm_dir_name(run: str) -> str:
+  """The directory under WORKDIR/prms of the Stage II run "variant:format" ("variant_format")."""
+  return run.replace(":", "_")
+
+
 def save_prm(params, cfg, tokenizer, out_dir: Path, meta: dict | None = None):
   """A trained PRM as a Hugging Face directory (config.json, model.safetensors, the world tokenizer, and `meta` --
   its data variant, format and world -- as prm.json), for Stage III and `sparkjax.eval.processbench --format`. A
@@ -365,7 +370,7 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     # a fresh PRM rather than resuming the old one.
     fingerprint = hashlib.sha256(json.dumps([records, steps, c.batch_size, optimizer.to_dict(), disc],
                                             sort_keys=True, default=str).encode()).hexdigest()[:12]
-    ckpt = Checkpointer(workdir / "checkpoints" / "prm" / f"{run.replace(':', '_')}-{fingerprint}",
+    ckpt = Checkpointer(workdir / "checkpoints" / "prm" / f"{prm_dir_name(run)}-{fingerprint}",
                         max_to_keep=config.checkpoint.keep)
     try:
       params, history = prm_train.train_prm(base_params, cfg, examples, fmt, optimizer, steps, c.batch_size,
@@ -374,7 +379,7 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     finally:
       ckpt.close()
     res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)
-    prm_dir = workdir / "prms" / run.replace(":", "_")
+    prm_dir = workdir / "prms" / prm_dir_name(run)
     save_prm(params, cfg, tokenizer, prm_dir, dict(variant=variant, format=fmt, world=config.world.to_dict()))
     res.update(train_records=len(records), bad_records=len(bad), train_steps=steps, train_seconds=time.time() - t0,
                final_loss=history[-1]["loss"] if history else None, prm_dir=str(prm_dir))

@@ -28,6 +28,7 @@ from sparkjax.data import arith, world_data
 from sparkjax.data.grading import make_suffix_reward
 from sparkjax.models import hf, tokenizer as tokenizer_lib
 from sparkjax.pipelines import arith_rl, common, grpo_loop
+from sparkjax.pipelines.spark_prm import PRM_META
 from sparkjax.rl import iteration as rl_iteration
 from sparkjax.spark import error_probe, prm_examples, rewards, stage3_report
 from sparkjax.spark import world_reward as WR
@@ -42,7 +43,6 @@ FORMAT_OFF = "format_off"
 CURVES = ("reward_mean", "score_answer_correct", "score_format_valid", "score_num_steps", "score_prm_agrees",
           "score_prm_false_positive", "score_prm_parsed", "score_hack_appended", "score_hack_extra_answer",
           "score_hack_boxed", "score_hack_step_collapse", "score_hack_step_inflation", "response_length", "kl")
-PRM_META = "prm.json"  # written beside each PRM by spark_prm.save_prm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,22 +101,22 @@ def check_config(ch: config_check.Checks):
   config_check.check_world_model(ch)
   check_stage3(ch, ch.mesh())
   root = ch.get("stage3.prm_root", "")
-  specs = _specs(ch)
-  needs_prm = [s for s in specs if s.reward not in BASELINES]
-  if needs_prm and (not root or not Path(str(root)).expanduser().is_dir()):
+  root_dir = Path(str(root)).expanduser()
+  needs_prm = [s for s in run_specs(ch) if s.reward not in BASELINES]
+  if needs_prm and (not root or not root_dir.is_dir()):
     ch.fail("stage3.prm_root", root, "expected the directory of trained PRMs (a spark_prm workdir's prms/, one "
             f"directory per PRM) that the runs {', '.join(s.name for s in needs_prm)} read")
   elif needs_prm:
     for s in needs_prm:
-      d = Path(str(root)).expanduser() / s.reward
+      d = root_dir / s.reward
       if not (d / "config.json").is_file():
-        have = sorted(p.name for p in Path(str(root)).expanduser().iterdir() if (p / "config.json").is_file())
+        have = sorted(p.name for p in root_dir.iterdir() if (p / "config.json").is_file())
         ch.fail("stage3.runs", s.name, f"names PRM {s.reward!r}, but {d} holds no PRM (config.json); PRMs in "
                 f"{root}: {', '.join(have) or 'none'}")
   config_check.check_checkpoint(ch)
 
 
-def _specs(ch) -> list[RunSpec]:
+def run_specs(ch) -> list[RunSpec]:
   out = []
   runs = ch.get("stage3.runs", None) or []
   for r in runs:
@@ -284,7 +284,7 @@ def stage3(config, workdir: Path, prm_root: Path, cfg, tokenizer, place: common.
   world = policy_world(config)
   encoder = world_data.WorldEncoder(world, tokenizer, "think")
   problems = world_data.distinct_problems(c.eval_seed, c.eval_size, world, "heldout")
-  eval_batch = place.replicate(world_data.eval_set(encoder, c.eval_seed, len(problems), "heldout", distinct=True))
+  eval_batch = place.replicate(world_data.rl_batch(encoder, problems))
   heldout = (eval_batch, problems)
   exact = make_suffix_reward(*world_data.answer_template(tokenizer, "think"))
   evaluate = arith_rl.make_evaluator(cfg, encoder, exact, eval_batch, encoder.solution_len, samples=c.eval_samples)
@@ -330,11 +330,7 @@ def run(config, workdir: str) -> dict:
   """Stage III alone, with the PRMs of `stage3.prm_root`."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  world = policy_world(config)
-  tokenizer = arith.build_tokenizer(world.max_value)
-  tok_dir = workdir / "tokenizer"
-  if not (tok_dir / "tokenizer.json").is_file():
-    tokenizer.save_pretrained(str(tok_dir))
+  _, tokenizer = arith_rl.world_and_tokenizer(config, workdir)
   cfg = arith_rl.model_config(config, tokenizer)
   place = common.Placement(config, cfg)
   common.say(f"policy: {cfg.num_params() / 1e6:.2f}M params")

@@ -51,7 +51,8 @@ def classify(problem: arith.Problem, text: str, valid: bool) -> str:
 def make_probe(cfg, reward_fn, sp, decode, has_verdict: bool):
   """`probe(params, scorer_params, batch, problems, key) -> {kind: dict(n, accepted)}` over `sp.num_samples`
   samples of each prompt of `batch` (prompt [B, P], prompt_mask, target [B]; `problems` its B problems), sampling
-  and scoring jitted once. `reward_fn` is the run's scorer; `accepted` counts the rows whose PRM verdict (`final`)
+  and scoring jitted once. `reward_fn` is the run's scorer (reporting `format_valid`, as the world's PRM scorers
+  and the baselines given a format spec do); `accepted` counts the rows whose PRM verdict (`final`)
   says correct when `has_verdict`, else None. `decode(ids) -> text`."""
   G = sp.num_samples
 
@@ -63,7 +64,7 @@ def make_probe(cfg, reward_fn, sp, decode, has_verdict: bool):
   def probe(params, scorer_params, batch, problems, key):
     out, scores = scored(params, scorer_params, batch["prompt"], batch["prompt_mask"], batch["target"], key)
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-    valid = np.asarray(scores.get("format_valid", scores.get("valid")))
+    valid = np.asarray(scores["format_valid"])
     final = np.asarray(scores["final"]) > 0.5 if has_verdict else None
     counts = collections.defaultdict(lambda: [0, 0])
     for n in range(tokens.shape[0]):

@@ -24,30 +24,13 @@ from sparkjax.models import hf
 from sparkjax.models import tokenizer as tok_lib
 from sparkjax.spark import prm_examples, prm_scorers, rewards, world_reward
 
-HOST_DESIGNS = ("process_outcome", "step_augmented")
+HOST_DESIGNS = tuple(rewards.SCALAR_REWARDS)
 _STEP = re.compile(r"<step>(.*?)</step>", re.S)
 
 
 def split_response(text: str) -> tuple[list[str], str | None]:
   """(the contents of the `<step>` blocks, stripped; the last boxed answer or None) of a policy response."""
   return [s.strip() for s in _STEP.findall(text)], last_boxed(text)
-
-
-def design_rewards(design: str, valid, final, step_correct, num_steps, prm_steps) -> np.ndarray:
-  """Host rewards [N] of a scalar design (formulas as `spark.rewards`): process_outcome r = valid * y;
-  step_augmented r = valid * (0.4 k / n + 0.6 y), the k / n part 0 unless the PRM judged the policy's n steps."""
-  valid, y = np.asarray(valid, np.float32), np.asarray(final, np.float32)
-  if design == "process_outcome":
-    return valid * y
-  if design == "step_augmented":
-    n = np.asarray(num_steps)
-    usable = (np.asarray(prm_steps) == n) & (n > 0)
-    in_steps = np.arange(step_correct.shape[1])[None, :] < n[:, None]
-    k = (np.asarray(step_correct) & in_steps).sum(1)
-    frac = np.where(usable, k / np.maximum(n, 1), 0.0)
-    return (valid * (0.4 * frac + 0.6 * y)).astype(np.float32)
-  raise ValueError(f"reward design {design!r} is not available on the host path; host designs: "
-                   f"{', '.join(HOST_DESIGNS)} (selective_advantage and global_step run in the world's device path)")
 
 
 class HostPRMScorer:
@@ -65,7 +48,9 @@ class HostPRMScorer:
       known = ", ".join(prm_examples.GENERATIVE_FORMATS)
       raise ValueError(f"PRM format {fmt!r}: the host path reads generative PRMs ({known}); a discriminative PRM "
                        "runs in the world's device path")
-    design_rewards(design, [], [], np.zeros((0, 1), bool), [], [])  # refuses an unknown design now
+    if design not in HOST_DESIGNS:
+      raise ValueError(f"reward design {design!r} is not available on the host path; host designs: "
+                       f"{', '.join(HOST_DESIGNS)} (the token-level designs run in the world's device path)")
     prm_dir = Path(prm_dir)
     cfg = hf.load_config(prm_dir)
     tok = tok_lib.load_tokenizer(prm_dir)
@@ -99,10 +84,11 @@ class HostPRMScorer:
       final[todo], parsed[todo] = read["final"], read["has_final"]
       if self.fmt != "orm":
         step_correct[todo], prm_steps[todo] = read["step_correct"], read["num_steps"]
-    r = design_rewards(self.design, valid, final & parsed, step_correct, num_steps, prm_steps)
+    r = np.asarray(rewards.SCALAR_REWARDS[self.design](dict(valid=valid, final=final & parsed, step_ok=step_correct,
+                                                            num_steps=num_steps, prm_steps=prm_steps)))
     reason = np.array([rewards.REASONS.index(c[2]) for c in checks])
     hacks = {k: np.asarray(v) for k, v in world_reward.format_hacks(reason).items()}
-    # prm_parsed counts only rows sent to the PRM; the rest were refused by the format constraint.
+    # Only format-valid rows go to the PRM, so prm_parsed <= format_valid row by row.
     return dict(rewards=r, format_valid=valid.astype(np.float32), num_steps=num_steps.astype(np.float32),
-                prm_scored=valid.astype(np.float32), prm_parsed=parsed.astype(np.float32),
+                prm_parsed=parsed.astype(np.float32),
                 prm_final=(final & parsed).astype(np.float32)) | hacks

@@ -190,10 +190,29 @@ def _adv(rewards, G, advantage):
   return grpo.lookup(grpo.ADVANTAGES, advantage, "advantage estimator")(rewards, G)
 
 
+def outcome_reward(v: dict):
+  """r = valid * y [N] (process-aware outcome). Numpy or jax inputs (the host path uses it too)."""
+  return jnp.asarray(v["valid"]).astype(jnp.float32) * jnp.asarray(v["final"]).astype(jnp.float32)
+
+
+def step_augmented_reward(v: dict):
+  """r = valid * (0.4 * k / n + 0.6 * y) [N], k = steps judged correct of the policy's n; the k / n part is 0 when
+  the PRM's step count differs from n. Numpy or jax inputs (the host path uses it too)."""
+  usable, ok, n = _step_parts(v)
+  frac = jnp.where(usable, ok.sum(1) / jnp.maximum(n, 1), 0.0)
+  return jnp.asarray(v["valid"]).astype(jnp.float32) * (0.4 * frac + 0.6 * jnp.asarray(v["final"]).astype(
+      jnp.float32))
+
+
+# The designs whose reward is one scalar per response (their advantage is the group estimator's): the ones a host
+# scorer can use without knowing each token's step.
+SCALAR_REWARDS = {"process_outcome": outcome_reward, "step_augmented": step_augmented_reward}
+
+
 @_design("process_outcome")
 def process_outcome(v: dict, G: int, advantage: str = "grpo"):
   """Process-aware outcome: r = valid * y; A = (r - mean_G r) / std_G r."""
-  r = v["valid"].astype(jnp.float32) * v["final"].astype(jnp.float32)
+  r = outcome_reward(v)
   return r, _adv(r, G, advantage)
 
 
@@ -201,9 +220,7 @@ def process_outcome(v: dict, G: int, advantage: str = "grpo"):
 def step_augmented(v: dict, G: int, advantage: str = "grpo"):
   """Step-augmented: r = valid * (0.4 * k / n + 0.6 * y), k = steps judged correct of the policy's n; the k / n
   part is 0 when the PRM's step count differs from n."""
-  usable, ok, n = _step_parts(v)
-  frac = jnp.where(usable, ok.sum(1) / jnp.maximum(n, 1), 0.0)
-  r = v["valid"].astype(jnp.float32) * (0.4 * frac + 0.6 * v["final"].astype(jnp.float32))
+  r = step_augmented_reward(v)
   return r, _adv(r, G, advantage)
 
 
