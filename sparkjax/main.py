@@ -21,7 +21,8 @@ from sparkjax.config_args import parse_flags
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "spark.py")
 PIPELINES = {"arith_rl": "sparkjax.pipelines.arith_rl", "generate": "sparkjax.pipelines.generate",
              "hf_grpo": "sparkjax.pipelines.hf_grpo", "spark_prm": "sparkjax.pipelines.spark_prm",
-             "spark_rl": "sparkjax.pipelines.spark_rl", "spark": "sparkjax.pipelines.spark"}
+             "spark_rl": "sparkjax.pipelines.spark_rl", "spark": "sparkjax.pipelines.spark",
+             "coevolve": "sparkjax.pipelines.coevolve"}
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file (configs/*.py[:args]).",
                                 lock_config=True)

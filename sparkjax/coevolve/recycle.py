@@ -11,9 +11,11 @@ Reflection, from each group with a wrong answer: the question and one wrong resp
 `reflection_full_share` of them (spec: half) and only its final answer for the rest; the target is the ground-truth
 answer. `confirm_share` of the groups with a correct answer also give a reflection example on a correct one (the
 original never trains "confirm a correct answer"). At most `max_judge` judge and `max_reflection` reflection
-examples per step (spec 32 + 32), a random subset when there are more.
+examples per step (spec 32 + 32), a random subset when there are more. `judge_kinds` keeps only some judge kinds
+(the pointwise-only and pairwise-only ablations).
 
-This is the host version, for decoded text (real tokenizers).
+This is the host version, for decoded text (real tokenizers); `coevolve.world_recycle` applies the same rules on
+device to the world's rollout tokens.
 """
 
 from __future__ import annotations
@@ -35,8 +37,15 @@ class RecycleConfig:
   show_reasoning: bool = False  # judge prompts show each response in full (True) or only its final answer
   reflection_full_share: float = 0.5
   confirm_share: float = 0.0
+  # The judge example kinds kept (ablations: ("pointwise",) or ("pairwise",)). A mixed group gives the one kept
+  # kind; an all-correct or all-wrong group gives nothing when pointwise is not kept.
+  judge_kinds: tuple[str, ...] = ("pointwise", "pairwise")
 
   def __post_init__(self):
+    bad = [k for k in self.judge_kinds if k not in ("pointwise", "pairwise")]
+    if bad or len(set(self.judge_kinds)) != len(self.judge_kinds):
+      raise ValueError(f"recycle judge_kinds={self.judge_kinds!r}: expected distinct entries of 'pointwise', "
+                       "'pairwise' (an empty tuple keeps only reflection)")
     for name in ("max_judge", "max_reflection"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -87,11 +96,15 @@ def recycle(groups: Sequence[Group], cfg: RecycleConfig, rng: np.random.Generato
     shown = g.responses if cfg.show_reasoning else g.answers
     ok = [i for i, c in enumerate(g.correct) if c]
     bad = [i for i, c in enumerate(g.correct) if not c]
+    point, pair = "pointwise" in cfg.judge_kinds, "pairwise" in cfg.judge_kinds
     if not bad or not ok:
-      i = int(rng.choice(ok or bad))
-      judge.append(Example("pointwise", jf.render("pointwise", rng, g.question, shown[i]), "Yes" if ok else "No",
-                           "all_correct" if ok else "all_wrong"))
-    elif rng.random() < cfg.pointwise_in_mixed:
+      if point:
+        i = int(rng.choice(ok or bad))
+        judge.append(Example("pointwise", jf.render("pointwise", rng, g.question, shown[i]), "Yes" if ok else "No",
+                             "all_correct" if ok else "all_wrong"))
+    elif not point and not pair:
+      pass
+    elif point and (not pair or rng.random() < cfg.pointwise_in_mixed):
       right = rng.random() < 0.5
       i = int(rng.choice(ok if right else bad))
       judge.append(Example("pointwise", jf.render("pointwise", rng, g.question, shown[i]), "Yes" if right else "No",

@@ -98,16 +98,19 @@ def make_evaluator(cfg, encoder: world_data.WorldEncoder, reward_fn, eval_batch:
 
 
 def sft_phase(config, workdir: Path, cfg, encoder, evaluate, writer, place: common.Placement, c=None,
-              train_seed: int | None = None, ckpt_dir: Path | None = None, name: str = "sft") -> tuple:
+              train_seed: int | None = None, ckpt_dir: Path | None = None, name: str = "sft", data=None) -> tuple:
   """SFT of a fresh policy on the world's demonstrations -> (params, sampled accuracy, greedy accuracy).
   Defaults: the config's `sft` block, `data.train_seed`, checkpoints in workdir/checkpoints/sft; another policy
-  (SPARK Stage III's) passes its own block, stream and directory."""
+  (SPARK Stage III's) passes its own block, stream and directory, and CoEvolve its own dataset (`data`, an
+  index-addressable grain stream of SFT batches)."""
   c = config.sft if c is None else c
-  train_seed = config.data.train_seed if train_seed is None else train_seed
+  if train_seed is None and data is None:
+    train_seed = config.data.train_seed
   tx, schedule = state_lib.make_optimizer(c.optimizer)
   ckpt = Checkpointer(ckpt_dir or workdir / "checkpoints" / "sft", max_to_keep=config.checkpoint.keep)
-  data = world_data.world_dataset(encoder, train_seed, c.batch_size, "sft",
-                                  jax.process_index(), jax.process_count(), p_error=c.p_error)
+  if data is None:
+    data = world_data.world_dataset(encoder, train_seed, c.batch_size, "sft", jax.process_index(),
+                                    jax.process_count(), p_error=c.p_error)
   it = iter(data)
   state = state_lib.create_sharded_state(lambda: transformer.init_params(cfg, jax.random.key(config.seed)), tx,
                                          config.seed, place.state(tx))
