@@ -159,5 +159,12 @@ def hf_grpo_config(*, preset: str, model_dir: str, train_path: str, eval_path: s
   # with the format constraint and its step guards (the paper's 4 and 20).
   c.reward = ml_collections.ConfigDict(dict(kind="rlvr", prm_dir="", prm_format="prm_cot", design="process_outcome",
                                             min_steps=4, max_steps=20, prm_max_new_tokens=2048, prm_rows=64))
+  # SPARK-CoEvolve (off by default): the rollouts recycled into judge examples and reward-period updates
+  # (sparkjax/coevolve/host_iteration.py); the paper's 64 prompts give at most 32 judge + 32 reflection examples, a
+  # judge batch of 64 prompts x 8 samples; the released code shows judges only the final answers.
+  c.coevolve = ml_collections.ConfigDict(dict(
+      enabled=False, max_judge=32, max_reflection=32, pointwise_in_mixed=0.3, show_reasoning=False,
+      reflection_full_share=0.5, confirm_share=0.0, judge_batch=64, judge_group_size=8, reset_every=0,
+      max_prompt_len=2 * max_prompt_len + 2 * max_new_tokens, max_new_tokens=max_new_tokens))
   c.checkpoint = ml_collections.ConfigDict(dict(every=max(1, iterations // 10), keep=2))
   return c

@@ -188,3 +188,38 @@ def test_prompt_dataset_is_the_same_global_batch_for_any_process_count():
   assert sorted(seen[:10]) == list(range(10))  # an epoch is a permutation
   row = a["prompt"][0]
   assert (row[a["prompt_mask"][0]] == prompts[a["target"][0]]).all()  # left-padded prompt, mask on its tokens
+
+
+def test_coevolve_on_real_text_recycles_updates_and_resumes(tiny_dir, sevens, tmp_path, capsys):
+  """hf_grpo with coevolve.enabled on the tiny "7" model: rollouts become judge / reflection examples (written to
+  judge_examples.jsonl), a full cache triggers a judge update whose unreadable outputs are counted, and a run
+  stopped after 2 iterations and resumed to 3 ends bitwise where the straight run does, cache included."""
+  from sparkjax.pipelines import hf_grpo
+
+  def cfg(iterations):
+    c = _config(tiny_dir, iterations, sevens)
+    c.coevolve.update(enabled=True, max_judge=2, max_reflection=2, judge_batch=4, judge_group_size=2,
+                      max_prompt_len=192, max_new_tokens=8)
+    return c
+
+  straight = hf_grpo.run(cfg(3), str(tmp_path / "straight"))
+  m = straight["final_metrics"]
+  assert m["judge_updates"] >= 1 and m["recycled_pointwise"] + m["recycled_pairwise"] >= 1
+  # The tiny model answers "7" or nothing, never a boxed verdict: every judge row is counted as unreadable.
+  rows = m["judge_updates"] * 4 * 2
+  assert m["judge_rows_no_box"] == rows and m["judge_rows_ok"] == 0
+  lines = [json.loads(l) for l in (tmp_path / "straight" / "judge_examples.jsonl").read_text().splitlines()]
+  assert {l["kind"] for l in lines} <= {"pointwise", "pairwise", "reflection"} and len(lines) >= 4
+  assert all(l["label"] in ("Yes", "No", "A", "B") for l in lines if l["kind"] != "reflection")
+  assert all(l["label"] == "7" for l in lines if l["kind"] == "reflection")
+  assert {l["iteration"] for l in lines} <= {0, 1, 2}
+  hf_grpo.run(cfg(2), str(tmp_path / "resumed"))
+  capsys.readouterr()
+  hf_grpo.run(cfg(3), str(tmp_path / "resumed"))
+  assert "resumed from iteration 2" in capsys.readouterr().err
+  a = load_file(str(tmp_path / "straight" / "policy_3" / "model.safetensors"))
+  b = load_file(str(tmp_path / "resumed" / "policy_3" / "model.safetensors"))
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert (tmp_path / "resumed" / "judge_examples.jsonl").read_text() == \
+      (tmp_path / "straight" / "judge_examples.jsonl").read_text()

@@ -30,7 +30,7 @@ class LoopResult:
 def run_grpo(iterate: Callable, state, it, *, iterations: int, ref_params, scorer_params=None, ckpt, writer,
              place: common.Placement, checkpoint_every: int, rollouts_per_iteration: int, what: str,
              evaluate: Callable | None = None, eval_every: int = 0, eval_at_start: bool = False,
-             name: str = "grpo", keep: tuple[str, ...] = ()) -> LoopResult:
+             name: str = "grpo", keep: tuple[str, ...] = (), host_state=None) -> LoopResult:
   """Runs `iterate(state, ref_params, scorer_params, prompt, prompt_mask, target) -> (state, metrics, rollout)` on
   batches of `it` until `iterations` iterations are done, resuming from the newest readable checkpoint in `ckpt`.
 
@@ -41,6 +41,8 @@ def run_grpo(iterate: Callable, state, it, *, iterations: int, ref_params, score
   after the last, each only after its iteration's metrics were checked. `what` names the batch in errors.
   The host metrics named in `keep` are kept per iteration (`LoopResult.curves`, checkpointed with the rest; empty
   for a name the iteration does not report).
+  host_state: an object with `state() -> dict` (JSON) and `load(dict)` whose state is saved with each checkpoint and
+  restored on resume (CoEvolve's judge cache on the host path).
   """
   history, final, start, curves = {}, {}, 0, {k: [] for k in keep}
   resumed = ckpt.resume(state, it.set_state, common.say)
@@ -50,6 +52,8 @@ def run_grpo(iterate: Callable, state, it, *, iterations: int, ref_params, score
     curves |= {k: v for k, v in extra.get("curves", {}).items() if k in curves}
     # Checkpoints of this loop are saved under their iteration count; "iteration" states it explicitly.
     start = int(extra.get("iteration", ckpt.latest_step()))
+    if host_state is not None:
+      host_state.load(extra.get("host_state", {}))
     common.say(f"rl: resumed from iteration {start}")
 
   def run_eval(i, params):
@@ -80,8 +84,9 @@ def run_grpo(iterate: Callable, state, it, *, iterations: int, ref_params, score
       run_eval(i + 1, state.params)
     if (i + 1) % checkpoint_every == 0 or last:
       record(loop.flush())
-      ckpt.save(i + 1, state, common.data_state(it), dict(iteration=i + 1, history=history,
-                                                          final_metrics=loop.last, curves=curves))
+      ckpt.save(i + 1, state, common.data_state(it), dict(
+          iteration=i + 1, history=history, final_metrics=loop.last, curves=curves,
+          **({} if host_state is None else dict(host_state=host_state.state()))))
   flushed = loop.flush()
   record(flushed)
   final = flushed or loop.last or final  # a finished run restarted keeps the metrics its checkpoint holds

@@ -59,7 +59,35 @@ def check_config(ch: config_check.Checks):
                     mesh)
   ch.int_range("grader_workers", 1)
   check_reward(ch, mesh)
+  check_coevolve(ch, mesh)
   config_check.check_checkpoint(ch)
+
+
+def check_coevolve(ch: config_check.Checks, mesh):
+  """The optional `coevolve` block (SPARK-CoEvolve on real text): recycling caps and mix, the judge batch (which
+  must take at least what one iteration recycles), its samples, prompt width and generation budget."""
+  from sparkjax.coevolve import world_recycle
+  from sparkjax.coevolve.recycle import RecycleConfig
+
+  if not ch.get("coevolve", None) or not ch.boolean("coevolve.enabled"):
+    return
+  if ch.get("reward", None) and ch.get("reward.kind", "rlvr") != "rlvr":
+    ch.fail("coevolve.enabled", True, "CoEvolve recycles rollouts graded against reference answers: it needs "
+            "reward.kind='rlvr'")
+  for k in ("max_judge", "max_reflection", "reset_every"):
+    ch.int_range(f"coevolve.{k}", 0)
+  for k in ("judge_group_size", "max_prompt_len", "max_new_tokens"):
+    ch.int_range(f"coevolve.{k}", 1)
+  for k in ("pointwise_in_mixed", "reflection_full_share", "confirm_share"):
+    ch.float_range(f"coevolve.{k}", 0.0, 1.0)
+  ch.boolean("coevolve.show_reasoning")
+  prompts = config_check.prompts_per_iteration(ch)
+  if ch.int_range("coevolve.judge_batch", 1):
+    ch.rows_over_data("coevolve.judge_batch", ch.get("coevolve.judge_batch"), mesh)
+    if prompts:
+      ch.satisfies("coevolve.judge_batch", lambda b: world_recycle.check_sizes(
+          RecycleConfig(max_judge=ch.get("coevolve.max_judge"), max_reflection=ch.get("coevolve.max_reflection")),
+          prompts, b))
 
 
 def check_reward(ch: config_check.Checks, mesh):
@@ -169,6 +197,35 @@ def prm_scorer(config, policy_dir: Path, policy_params, records, place: common.P
   return lambda texts, targets: prm(texts, [records[int(t)].problem for t in targets])
 
 
+def coevolve_iteration(config, workdir: Path, policy: HostRewardIteration, cfg, settings, tx, schedule, tokenizer,
+                       records, pool: GraderPool, pad: int, state_sh):
+  """With `coevolve.enabled`, the policy's iteration wrapped in SPARK-CoEvolve's recycling and reward-period
+  updates (`coevolve.host_iteration`); recycled examples go to WORKDIR/judge_examples.jsonl. Else None."""
+  cc = config.get("coevolve")
+  if not cc or not cc.enabled:
+    return None
+  import dataclasses
+
+  from sparkjax.coevolve.host_iteration import HostCoevolveIteration, HostJudgeSettings
+  from sparkjax.coevolve.recycle import RecycleConfig
+
+  d = config.data
+  rc = RecycleConfig(max_judge=cc.max_judge, max_reflection=cc.max_reflection,
+                     pointwise_in_mixed=cc.pointwise_in_mixed, show_reasoning=cc.show_reasoning,
+                     reflection_full_share=cc.reflection_full_share, confirm_share=cc.confirm_share)
+  js = HostJudgeSettings(rc, cc.judge_batch, cc.max_prompt_len, cc.reset_every, config.seed)
+  judge_settings = dataclasses.replace(settings, sampling=dataclasses.replace(
+      settings.sampling, num_samples=cc.judge_group_size, max_new_tokens=cc.max_new_tokens))
+  encode = lambda text: tok_lib.encode_prompt(tokenizer, text, chat=d.chat, system=d.get("system") or None)
+  match = lambda preds, golds: pool.grade(preds, golds).rewards > 0.5
+  common.say(f"coevolve: judge batch {cc.judge_batch} x {cc.judge_group_size} samples, at most {cc.max_judge} "
+             f"judge + {cc.max_reflection} reflection examples per iteration")
+  return HostCoevolveIteration(policy, cfg, judge_settings, tx, schedule, js, lambda t: records[t].problem,
+                               lambda t: records[t].answer, encode,
+                               lambda ids: tokenizer.decode(ids, skip_special_tokens=True), match, pad,
+                               state_sharding=state_sh, examples_file=workdir / "judge_examples.jsonl")
+
+
 def run(config, workdir: str) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -223,6 +280,9 @@ def run(config, workdir: str) -> dict:
     iterate = HostRewardIteration(cfg, settings, tx, schedule, decode, golds, "math_verify",
                                   workers=config.get("grader_workers", 2), state_sharding=state_sh,
                                   scorer=prm_scorer(config, directory, params, records, place))
+    coevolve = coevolve_iteration(config, workdir, iterate, cfg, settings, tx, schedule, tokenizer, records, pool,
+                                  pad, state_sh)
+    iterate = coevolve or iterate
 
     def run_eval(i, params):
       acc, texts = evaluate(params)
@@ -236,7 +296,7 @@ def run(config, workdir: str) -> dict:
                               rollouts_per_iteration=c.batch_size,
                               what="rl.batch_size / rl.group_size (prompts per iteration)",
                               evaluate=run_eval if evaluate is not None else None, eval_every=e.get("every", 1),
-                              eval_at_start=True)
+                              eval_at_start=True, host_state=coevolve)
     state, history, final = result.state, result.history, result.final_metrics
   finally:
     if iterate is not None:

@@ -56,6 +56,9 @@ class HostRewardIteration:
       scores = self.scorer(preds, np.repeat(targets, G))
       host_rewards = np.asarray(scores["rewards"], np.float32)
       extra = {f"score_{k}": float(np.mean(v)) for k, v in scores.items() if k != "rewards"}
+    # The host's view of this iteration, for a later stage on the host (CoEvolve's recycling): every row's text,
+    # reward, and its prompt's target.
+    self.last = dict(texts=preds, rewards=np.asarray(host_rewards, np.float32), targets=targets)
     rewards = host_rewards
     if self.rows is not None:  # every process holds all rows; each places the shards its devices own
       rewards = jax.make_array_from_callback(rewards.shape, self.rows, lambda i: host_rewards[i])
