@@ -245,3 +245,26 @@ def test_stage3_config_needs_the_prm_shapes():
   c.reward = ml_collections.ConfigDict(dict(kind="prm", prm_rows=8))
   with pytest.raises(ValueError, match="reward.prm_preset"):
     plan.job_from_config(c)
+
+
+@pytest.mark.parametrize("target", [dict(topology="v5p-8"), dict(gpu="h100-80gb")])
+def test_coevolve_plan_adds_the_judge_programs(target):
+  """A CoEvolve config: the judge's sampler and update are the policy's programs on the judge batch's shapes (the
+  same model and optimizer state); with the judge batch equal to the policy's, they are the same size."""
+  c = _tiny_config()
+  if "gpu" in target:
+    c.mesh.update(dict(data=1, fsdp=1, tp=1))
+  c.coevolve = ml_collections.ConfigDict(dict(enabled=True, judge_batch=8, judge_group_size=4, max_prompt_len=16,
+                                              max_new_tokens=16))
+  p = plan.make_plan(c, **target)
+  assert [x.name for x in p.programs] == ["sampler", "update", "judge_sampler", "judge_update"]
+  for a, b in ((p.programs[0], p.programs[2]), (p.programs[1], p.programs[3])):
+    assert b.total == pytest.approx(a.total, rel=0.05), (a.name, a.total, b.total)
+  c.coevolve.max_prompt_len = 64  # longer judge prompts: a larger judge update
+  q = plan.make_plan(c, **target)
+  assert q.programs[3].total > q.programs[1].total
+  assert "judge_sampler: the judge's sampling: 8 judge prompts x 4 samples" in plan.format_plan(q)
+  if "topology" in target:  # 4 chips, prompts split over fsdp = 2
+    c.coevolve.judge_batch = 3
+    with pytest.raises(ValueError, match="judge prompts per update .* 3"):
+      plan.make_plan(c, **target)

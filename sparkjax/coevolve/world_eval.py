@@ -8,8 +8,11 @@ and reflection success: P(the reflection's answer is right | the reflected respo
 
 `make_self_judge` is the test-time loop (shared/papers/spark-coevolve.md): answer greedily -> judge the answer with
 the pointwise prompt -> if the verdict is not Yes, reflect on it and take the new answer -> at most `rounds` times.
-It returns accuracy with and without the loop, the first-round judge's accuracy on the greedy answers, and how many
-answers the loop fixed and broke.
+It returns accuracy with and without the loop, the first-round judge's accuracy on the greedy answers (and its
+false-positive and false-negative rates), and how many answers the loop fixed and broke.
+
+A judge that gives one verdict to everything scores the base rate as accuracy; `balanced_accuracy`
+(1 - (FPR + FNR) / 2, 0.5 for any constant verdict) is the measure of discrimination the report uses.
 
 Shapes: B held-out problems, S samples each, P prompt slots, W judge prompt width, T completion tokens.
 """
@@ -32,6 +35,11 @@ def _greedy(params, cfg, sp: sampling.SamplingParams, prompt, mask):
 
 def _phrasings(vocab: wj.JudgeVocab, kind: int, n: int):
   return jnp.arange(n) % len(vocab.phrasings[kind])
+
+
+def balanced_accuracy(fpr: float, fnr: float) -> float:
+  """1 - (FPR + FNR) / 2: the mean of the true-positive and true-negative rates; 0.5 for a constant verdict."""
+  return 1.0 - (fpr + fnr) / 2.0
 
 
 def says(vocab, judge_reward, out, label: int):
@@ -126,7 +134,8 @@ def make_self_judge(cfg, vocab: wj.JudgeVocab, sp: sampling.SamplingParams, answ
                fixed=f(~right0 & right).sum(), broken=f(right0 & ~right).sum(), reflections=f(reflections))
     if first_yes is not None:
       out |= dict(judge_accuracy=f(first_yes == right0).mean(),
-                  judge_false_positive_rate=(f(first_yes & ~right0).sum() / jnp.maximum(f(~right0).sum(), 1.0)))
+                  judge_false_positive_rate=(f(first_yes & ~right0).sum() / jnp.maximum(f(~right0).sum(), 1.0)),
+                  judge_false_negative_rate=(f(~first_yes & right0).sum() / jnp.maximum(f(right0).sum(), 1.0)))
     return out
 
   return loop

@@ -140,6 +140,9 @@ class Job:
   prompt_len: int  # P
   new_tokens: int  # T
   prm: "Job | None" = None  # SPARK-PRM Stage III: the PRM's greedy decode of the rollouts (`reward.kind = "prm"`)
+  # SPARK-CoEvolve (`coevolve.enabled`): the reward-period update's sampler and update, the same model and optimizer
+  # on the judge batch's shapes.
+  judge: "Job | None" = None
 
   @property
   def rows(self) -> int:
@@ -181,9 +184,25 @@ def job_from_config(c) -> Job:
       num_microbatches=int(r.get("num_microbatches", 1)), logprob_chunk=int(r.get("logprob_chunk", 0)))
   mc = _field(c, "mesh")
   mesh = sharding.MeshConfig(int(mc.get("data", -1)), int(mc.get("fsdp", 1)), int(mc.get("tp", 1)))
-  return Job(cfg=cfg, preset=preset, settings=settings, opt=_field(c, "rl.optimizer"), mesh=mesh,
-             prompts=batch // group, group=group, prompt_len=int(_field(c, "data.max_prompt_len")),
-             new_tokens=sp.max_new_tokens, prm=prm_job(c, mesh))
+  job = Job(cfg=cfg, preset=preset, settings=settings, opt=_field(c, "rl.optimizer"), mesh=mesh,
+            prompts=batch // group, group=group, prompt_len=int(_field(c, "data.max_prompt_len")),
+            new_tokens=sp.max_new_tokens, prm=prm_job(c, mesh))
+  return dataclasses.replace(job, judge=judge_job(c, job))
+
+
+def judge_job(c, job: Job) -> "Job | None":
+  """The CoEvolve judge update of a config with `coevolve.enabled`: `coevolve.judge_batch` prompts of
+  `coevolve.max_prompt_len` tokens, `coevolve.judge_group_size` samples of `coevolve.max_new_tokens` each."""
+  cc = c.get("coevolve")
+  if not cc or not cc.get("enabled"):
+    return None
+  g = int(_field(c, "coevolve.judge_group_size"))
+  sp = dataclasses.replace(job.settings.sampling, num_samples=g,
+                           max_new_tokens=int(_field(c, "coevolve.max_new_tokens")))
+  return dataclasses.replace(job, settings=dataclasses.replace(job.settings, sampling=sp),
+                             prompts=int(_field(c, "coevolve.judge_batch")), group=g,
+                             prompt_len=int(_field(c, "coevolve.max_prompt_len")), new_tokens=sp.max_new_tokens,
+                             prm=None, judge=None)
 
 
 def prm_job(c, mesh: sharding.MeshConfig) -> "Job | None":
@@ -222,6 +241,15 @@ def check_job(job: Job, mesh) -> None:
     raise ValueError(f"rl.logprob_chunk={s.logprob_chunk} does not divide rl.max_new_tokens={job.new_tokens}")
   if job.prm is not None:
     sharding.check_batch(job.prm.prompts, mesh, what="PRM rows per call (reward.prm_rows)")
+  if job.judge is not None:
+    j = job.judge
+    sharding.check_batch(j.prompts, mesh, what="judge prompts per update (coevolve.judge_batch)")
+    if j.rows % M:
+      raise ValueError(f"rl.num_microbatches={M} does not divide the judge update's {j.rows} rows "
+                       "(coevolve.judge_batch x coevolve.judge_group_size)")
+    sharding.check_batch(j.rows // M, mesh, what=f"judge micro-batch rows (judge rows / rl.num_microbatches={M})")
+    if s.logprob_chunk and s.logprob_chunk < j.new_tokens and j.new_tokens % s.logprob_chunk:
+      raise ValueError(f"rl.logprob_chunk={s.logprob_chunk} does not divide coevolve.max_new_tokens={j.new_tokens}")
 
 
 def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
@@ -425,28 +453,41 @@ def plan_compiled(job: Job, acc: Accelerator, devices, method: str, programs=("s
   opt_note = _opt_note(cfg)
   out = []
 
-  if "sampler" in programs:
-    fn = rl.make_rollout(cfg, s, state_sh.params, mesh)
-    compiled, secs, err = _compile(fn, (x["params"], x["prompt"], x["prompt_mask"], x["key"]))
-    kv, kv_note = _kv_cache_bytes(job, mesh_shape)
-    args = [Part(f"parameters ({cfg.param_dtype})", params_b),
-            Part("prompts", per_device_bytes((x["prompt"], x["prompt_mask"])))]
-    resident = [Part("resident optimizer state", opt_b, "kept on device between updates; " + opt_note)]
-    if ref_b:
-      resident.append(Part("resident reference params", ref_b, "for the KL term"))
-    out.append(_program("sampler", "sampling.sample via rl.rollout", compiled, err, secs, args, acc,
-                        "KV cache, prefill activations, per-step logits",
-                        Part("  of which KV cache", kv, "analytic: " + kv_note), resident))
+  # The policy's programs, then (CoEvolve) the same programs on the judge update's shapes.
+  for j, label in ((job, ""), (job.judge, "judge ")):
+    if j is None:
+      continue
+    xj = x if j is job else make_inputs(j, mesh)
+    sj = s if j is job else dataclasses.replace(j.settings, sampling=dataclasses.replace(
+        j.settings.sampling, per_layer_weights=platform == "cpu"))
+    name = lambda n: n if j is job else f"judge_{n}"
+    if "sampler" in programs:
+      fn = rl.make_rollout(cfg, sj, state_sh.params, mesh)
+      compiled, secs, err = _compile(fn, (xj["params"], xj["prompt"], xj["prompt_mask"], xj["key"]))
+      kv, kv_note = _kv_cache_bytes(j, mesh_shape)
+      args = [Part(f"parameters ({cfg.param_dtype})", params_b),
+              Part(f"{label}prompts", per_device_bytes((xj["prompt"], xj["prompt_mask"])))]
+      resident = [Part("resident optimizer state", opt_b, "kept on device between updates; " + opt_note)]
+      if ref_b:
+        resident.append(Part("resident reference params", ref_b, "for the KL term"))
+      what = "sampling.sample via rl.rollout" if j is job else (
+          f"the judge's sampling: {j.prompts} judge prompts x {j.group} samples")
+      out.append(_program(name("sampler"), what, compiled, err, secs, args, acc,
+                          "KV cache, prefill activations, per-step logits",
+                          Part("  of which KV cache", kv, "analytic: " + kv_note), resident))
 
-  if "update" in programs:
-    fn = rl.make_update(cfg, s, x["tx"], x["schedule"], state_sh)
-    compiled, secs, err = _compile(fn, (x["state"], x["params"], x["batch"]))
-    args = [Part(f"parameters ({cfg.param_dtype})", params_b), Part("optimizer state", opt_b, opt_note)]
-    if ref_b:
-      args.append(Part(f"reference params ({cfg.param_dtype})", ref_b, "for the KL term"))
-    args.append(Part("batch", per_device_bytes(x["batch"]), "prompts, completions, old log-probs, advantages"))
-    out.append(_program("update", "rl.policy_update: GRPO loss, gradient, AdamW step (state donated)", compiled,
-                        err, secs, args, acc, "activations (remat), attention scores, logits blocks, gradients"))
+    if "update" in programs:
+      fn = rl.make_update(cfg, sj, xj["tx"], xj["schedule"], state_sh)
+      compiled, secs, err = _compile(fn, (xj["state"], xj["params"], xj["batch"]))
+      args = [Part(f"parameters ({cfg.param_dtype})", params_b), Part("optimizer state", opt_b, opt_note)]
+      if ref_b:
+        args.append(Part(f"reference params ({cfg.param_dtype})", ref_b, "for the KL term"))
+      args.append(Part(f"{label}batch", per_device_bytes(xj["batch"]),
+                       "prompts, completions, old log-probs, advantages"))
+      what = "rl.policy_update: GRPO loss, gradient, AdamW step (state donated)" if j is job else (
+          "the reward-period update: the same loss and optimizer on the judge batch")
+      out.append(_program(name("update"), what, compiled, err, secs, args, acc,
+                          "activations (remat), attention scores, logits blocks, gradients"))
 
   if job.prm is not None:
     pj = job.prm
@@ -589,33 +630,39 @@ def plan_analytic(job: Job, acc: Accelerator) -> Plan:
   opt_b = 2 * params_b
   ref_b = params_b if s.kl_coef > 0 else 0.0
   opt_note = _opt_note(cfg)
-  kv, kv_note = _kv_cache_bytes(job, mesh_shape)
-  T, S = job.new_tokens, job.prompt_len + job.new_tokens
-  D, L = cfg.hidden_size, cfg.num_layers
 
-  sampler_temp = _sampler_temp(job, mesh_shape, params_b)
-  sampler = [Part(f"parameters ({cfg.param_dtype})", params_b),
-             Part("KV cache", kv, kv_note),
-             Part("prefill + decode transients", sampler_temp - kv, "analytic"),
-             Part("resident optimizer state", opt_b, opt_note)]
-  if ref_b:
-    sampler.append(Part("resident reference params", ref_b, "for the KL term"))
+  def parts_of(j: Job) -> tuple[list, list]:
+    """(sampler parts, update parts) of the policy's programs on job `j`'s shapes."""
+    kv, kv_note = _kv_cache_bytes(j, mesh_shape)
+    T, S = j.new_tokens, j.prompt_len + j.new_tokens
+    D, L = cfg.hidden_size, cfg.num_layers
 
-  # Update: one micro-batch of r rows per data shard at a time.
-  r = job.rows / s.num_microbatches / dp
-  chunk = s.logprob_chunk if s.logprob_chunk and s.logprob_chunk < T else T
-  saved = L * r * S * D * cb if cfg.remat else L * r * S * (6 * D + 3 * mlp) * cb
-  layer = r * (5 * heads * S * S * f32 + 4 * S * mlp * cb)
-  logits = 4 * r * chunk * vocab * f32
-  grads = 2 * params_b if s.num_microbatches > 1 else params_b
-  update = [Part(f"parameters ({cfg.param_dtype})", params_b), Part("optimizer state", opt_b, opt_note)]
-  if ref_b:
-    update.append(Part(f"reference params ({cfg.param_dtype})", ref_b, "for the KL term"))
-  update += [Part("gradients", grads, "gradient + accumulator" if s.num_microbatches > 1 else "gradient"),
-             Part("optimizer step", params_b, "AdamW's update tree"),
-             Part("activations", saved + layer, f"{r:g} rows per device per micro-batch: remat layer inputs, one "
-                                                "layer's attention scores and MLP"),
-             Part("logits block", logits, f"{r:g} rows x {chunk} positions x {vocab:g} vocab, float32, ~4 copies")]
+    sampler_temp = _sampler_temp(j, mesh_shape, params_b)
+    sampler = [Part(f"parameters ({cfg.param_dtype})", params_b),
+               Part("KV cache", kv, kv_note),
+               Part("prefill + decode transients", sampler_temp - kv, "analytic"),
+               Part("resident optimizer state", opt_b, opt_note)]
+    if ref_b:
+      sampler.append(Part("resident reference params", ref_b, "for the KL term"))
+
+    # Update: one micro-batch of r rows per data shard at a time.
+    r = j.rows / s.num_microbatches / dp
+    chunk = s.logprob_chunk if s.logprob_chunk and s.logprob_chunk < T else T
+    saved = L * r * S * D * cb if cfg.remat else L * r * S * (6 * D + 3 * mlp) * cb
+    layer = r * (5 * heads * S * S * f32 + 4 * S * mlp * cb)
+    logits = 4 * r * chunk * vocab * f32
+    grads = 2 * params_b if s.num_microbatches > 1 else params_b
+    update = [Part(f"parameters ({cfg.param_dtype})", params_b), Part("optimizer state", opt_b, opt_note)]
+    if ref_b:
+      update.append(Part(f"reference params ({cfg.param_dtype})", ref_b, "for the KL term"))
+    update += [Part("gradients", grads, "gradient + accumulator" if s.num_microbatches > 1 else "gradient"),
+               Part("optimizer step", params_b, "AdamW's update tree"),
+               Part("activations", saved + layer, f"{r:g} rows per device per micro-batch: remat layer inputs, one "
+                                                  "layer's attention scores and MLP"),
+               Part("logits block", logits, f"{r:g} rows x {chunk} positions x {vocab:g} vocab, float32, ~4 copies")]
+    return sampler, update
+
+  sampler, update = parts_of(job)
   hbm = acc.hbm_gib * GiB
   if job.prm is not None:
     pj = job.prm
@@ -632,6 +679,12 @@ def plan_analytic(job: Job, acc: Accelerator) -> Plan:
   progs = [ProgramPlan("sampler", "sampling.sample via rl.rollout (analytic)", sampler,
                        sum(p.bytes for p in sampler), hbm),
            ProgramPlan("update", "rl.policy_update (analytic)", update, sum(p.bytes for p in update), hbm)]
+  if job.judge is not None:
+    js, ju = parts_of(job.judge)
+    progs += [ProgramPlan("judge_sampler", f"the judge's sampling: {job.judge.prompts} judge prompts x "
+                          f"{job.judge.group} samples (analytic)", js, sum(p.bytes for p in js), hbm),
+              ProgramPlan("judge_update", "the reward-period update on the judge batch (analytic)", ju,
+                          sum(p.bytes for p in ju), hbm)]
   if job.prm is not None:
     progs.append(ProgramPlan("prm", f"the PRM's greedy decode: {job.prm.prompts} rollouts per call (analytic)", prm,
                              sum(p.bytes for p in prm), hbm))
