@@ -2,7 +2,7 @@
 curves (held-out policy accuracy and judge quality against iterations, one line per run).
 
 Two choices, both because the measurements showed them necessary: the judge's discrimination is measured by
-balanced accuracy (1 - (FPR + FNR) / 2; a judge that says "No" to everything scores the share of wrong responses as
+balanced accuracy ((P(Yes | right) + P(No | wrong)) / 2; a judge that says "No" to everything scores the share of wrong responses as
 accuracy but 0.5 here), and besides each run's final evaluation the claims read the mean of its last `LATE`
 evaluations, since held-out greedy accuracy moves by several points between neighbouring evaluations of one run.
 
@@ -19,8 +19,13 @@ LATE = 3  # evaluations averaged for the "late" figures
 
 
 def with_balanced(h: dict) -> dict:
-  """An evaluation's dict plus the judge's balanced accuracy (from its false-positive and false-negative rates)."""
-  return h | dict(balanced_accuracy=1.0 - (h["false_positive_rate"] + h["false_negative_rate"]) / 2.0)
+  """An evaluation's dict with the judge's balanced accuracy: as measured, or (results written before it was) from
+  the false-positive and false-negative rates when no verdict was unreadable, else NaN."""
+  if "balanced_accuracy" in h:
+    return h
+  exact = h.get("judge_unreadable", 0.0) == 0.0
+  return h | dict(balanced_accuracy=1.0 - (h["false_positive_rate"] + h["false_negative_rate"]) / 2.0 if exact
+                  else float("nan"))
 
 
 def final(report: dict, run: str) -> dict:
@@ -47,7 +52,7 @@ def loop_balanced(loop: dict) -> float | None:
 
 
 def _pct(x) -> str:
-  return "—" if x is None else f"{100 * x:.1f}"
+  return "—" if x is None or x != x else f"{100 * x:.1f}"
 
 
 def table_markdown(report: dict) -> str:

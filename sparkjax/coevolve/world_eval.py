@@ -2,7 +2,9 @@
 
 `make_judge_eval` samples the policy's responses to fixed held-out problems (S per problem, T = 1, a fixed key),
 grades them exactly, and asks the same model, greedily, to judge them: pointwise accuracy (verdict == truth, an
-unreadable verdict counts as wrong), the false-positive rate P(Yes | wrong) and the false-negative rate P(No | right),
+unreadable verdict counts as wrong), balanced accuracy (P(Yes | right) + P(No | wrong)) / 2, which is 0.5 for a
+judge that gives one verdict to everything, the false-positive rate P(Yes | wrong) and the false-negative rate
+P(No | right),
 pairwise accuracy on each problem with both a right and a wrong response (the first of each, order alternating),
 and reflection success: P(the reflection's answer is right | the reflected response was wrong).
 
@@ -11,8 +13,7 @@ the pointwise prompt -> if the verdict is not Yes, reflect on it and take the ne
 It returns accuracy with and without the loop, the first-round judge's accuracy on the greedy answers (and its
 false-positive and false-negative rates), and how many answers the loop fixed and broke.
 
-A judge that gives one verdict to everything scores the base rate as accuracy; `balanced_accuracy`
-(1 - (FPR + FNR) / 2, 0.5 for any constant verdict) is the measure of discrimination the report uses.
+In the loop "not Yes" (No or unreadable) is the negative verdict, so its balanced accuracy is 1 - (FPR + FNR) / 2.
 
 Shapes: B held-out problems, S samples each, P prompt slots, W judge prompt width, T completion tokens.
 """
@@ -35,11 +36,6 @@ def _greedy(params, cfg, sp: sampling.SamplingParams, prompt, mask):
 
 def _phrasings(vocab: wj.JudgeVocab, kind: int, n: int):
   return jnp.arange(n) % len(vocab.phrasings[kind])
-
-
-def balanced_accuracy(fpr: float, fnr: float) -> float:
-  """1 - (FPR + FNR) / 2: the mean of the true-positive and true-negative rates; 0.5 for a constant verdict."""
-  return 1.0 - (fpr + fnr) / 2.0
 
 
 def says(vocab, judge_reward, out, label: int):
@@ -71,9 +67,11 @@ def make_judge_eval(cfg, vocab: wj.JudgeVocab, sp: sampling.SamplingParams, answ
     wrong = ~right
     f = lambda x: x.astype(jnp.float32)
     mean_where = lambda x, m: (f(x) * f(m)).sum() / jnp.maximum(f(m).sum(), 1.0)
+    tpr, tnr = mean_where(yes, right), mean_where(no, wrong)  # an unreadable verdict is neither
     m = dict(pointwise_accuracy=jnp.where(right, yes, no).astype(jnp.float32).mean(),
-             false_positive_rate=mean_where(yes, wrong), false_negative_rate=mean_where(no, right),
-             judge_unreadable=f(~yes & ~no).mean(), responses_right=f(right).mean())
+             balanced_accuracy=(tpr + tnr) / 2, false_positive_rate=mean_where(yes, wrong),
+             false_negative_rate=mean_where(no, right), judge_unreadable=f(~yes & ~no).mean(),
+             responses_right=f(right).mean())
     # Pairwise on each problem with a right and a wrong response.
     ok = right.reshape(B, S)
     mixed = ok.any(1) & (~ok).any(1)
