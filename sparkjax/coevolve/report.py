@@ -2,8 +2,8 @@
 curves (held-out policy accuracy and judge quality against iterations, one line per run).
 
 Two choices, both because the measurements showed them necessary: the judge's discrimination is measured by
-balanced accuracy ((P(Yes | right) + P(No | wrong)) / 2; a judge that says "No" to everything scores the share of wrong responses as
-accuracy but 0.5 here), and besides each run's final evaluation the claims read the mean of its last `LATE`
+balanced accuracy ((P(Yes | right) + P(No | wrong)) / 2; a judge that says "No" to everything scores the share of
+wrong responses as accuracy but 0.5 here), and besides each run's final evaluation the claims read the mean of its last `LATE`
 evaluations, since held-out greedy accuracy moves by several points between neighbouring evaluations of one run.
 
 Regenerate results.md and curves.png from a results.json: python -m sparkjax.coevolve.report WORKDIR
