@@ -58,6 +58,11 @@ def get_config(arg=None):
   # so judging only the final answer would measure that, not judging (the paper describes both; the released code
   # shows only the answer: set False for that).
   c.coevolve.show_reasoning = True
+  # The instruct SFT's verdicts follow the demonstrator's own working of the problem (`<think>` steps, then the
+  # box): with immediate verdicts the world's model does not learn to judge even from exact labels
+  # (sparkjax/coevolve/judge_sft_probe.py: balanced accuracy 0.50-0.64 over 2000 steps). The paper's 7B judges
+  # write their reasoning before the box too.
+  c.coevolve.judge_working = True
   c.coevolve.reflection_full_share = 0.5
   c.coevolve.confirm_share = 0.0
   c.coevolve.reset_every = 23  # an epoch: the 368 distinct training problems / 16 prompts per iteration

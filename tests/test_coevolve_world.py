@@ -295,6 +295,20 @@ def test_instruct_demonstrations_carry_the_demonstrators_beliefs(W):
       steps, answer = arith.parse_solution(out, "think")  # a solution (with the demonstrator's slips)
       assert answer is not None and steps
   assert all(v > 5 for v in seen.values())
+  # With the judge's working: the demonstrator's believed steps, then the verdict.
+  for i in range(30):
+    problem = arith.problem_at(11, i, WORLD)
+    kind, prompt, target = world_sft.demonstration(enc, vocab, problem, np.random.default_rng(i), 0.5, True, 0.5,
+                                                   judge_working=True)
+    if kind == "reflection":
+      continue
+    belief = arith.demonstration(problem, np.random.default_rng(0), WORLD, 0.0)
+    out = _text(tok, target)
+    steps, _ = arith.parse_solution(out.replace("\\boxed{ Yes }", "\\boxed{ 0 }").replace(
+        "\\boxed{ No }", "\\boxed{ 0 }").replace("\\boxed{ A }", "\\boxed{ 0 }").replace(
+        "\\boxed{ B }", "\\boxed{ 0 }"), "think")
+    assert list(steps) == list(belief.steps) and out.startswith("<think> <step>")
+    assert re.search(r"</think> <answer> \\boxed\{ (Yes|No|A|B) \} </answer>$", out)
   # A row: prompt then target, loss on the target only, right-padded to W + T.
   r = world_sft.row([5, 6], [7, 8, enc.eos], vocab.width + enc.solution_len, enc.pad)
   assert r["tokens"][:5].tolist() == [5, 6, 7, 8, enc.eos] and r["loss_mask"][:6].tolist() == [0, 0, 1, 1, 1, 0]

@@ -46,15 +46,16 @@ def says(vocab, judge_reward, out, label: int):
 
 def make_judge_eval(cfg, vocab: wj.JudgeVocab, sp: sampling.SamplingParams, answer_reward, judge_reward,
                     show_reasoning: bool, samples: int, seed: int = 0):
-  """eval(params, prompt_BP, prompt_mask_BP, gold_B) -> dict of the judge's exact quality (module docstring).
+  """eval(params, prompt_BP, prompt_mask_BP, gold_B, responder=None) -> dict of the judge's exact quality (module
+  docstring); the responses judged are `responder`'s (another model's parameters) when given, else the judge's own.
   sp: the policy's sampling settings (max new tokens, stop and pad tokens); answer_reward: the world's answer check
   `(tokens, lengths, finished, targets) -> [rows]`."""
   S = samples
 
   @jax.jit
-  def evaluate(params, prompt, mask, gold):
+  def evaluate(params, prompt, mask, gold, responder=None):
     B = prompt.shape[0]
-    out = sampling.sample(params, prompt, mask, jax.random.key(seed), cfg=cfg,
+    out = sampling.sample(params if responder is None else responder, prompt, mask, jax.random.key(seed), cfg=cfg,
                           sp=dataclasses.replace(sp, temperature=1.0, num_samples=S))
     right = answer_reward(out.tokens, out.lengths, out.finished, jnp.repeat(gold, S)) > 0.5  # [B * S]
     q = wj.question(vocab, prompt, mask)

@@ -8,6 +8,9 @@ as it believes it (no slips) and says Yes when a shown answer equals its belief,
 its belief (a coin when neither does), and answers a reflection prompt with one of its own solutions. So the SFT'd
 judge inherits the policy's own misconceptions: it knows the format, and what it believes, nothing more. Responses
 shown in these demonstrations are the demonstrator's solutions with slips (`p_error`), in the policy's format.
+With `judge_working` each verdict follows the demonstrator's own working (its believed steps in `<think>`), so the
+judge solves the problem before comparing: the world's 2-layer model cannot check a 3-step solution in the one
+forward pass that an immediate verdict allows (measured: `coevolve.judge_sft_probe`).
 
 Rows: `share` of the rows are judge / reflection demonstrations (kinds uniform), the rest solution demonstrations;
 each row is prompt + target, right-padded to W + T (the judge prompt width plus the longest response).
@@ -22,9 +25,14 @@ from sparkjax.coevolve import world_judge as wj
 from sparkjax.data import arith, world_data
 
 
-def judge_target(tok, verdict: str) -> list[int]:
-  """The judge's output in the world: `<answer> \\boxed{ V } </answer>`, stop token added by the caller."""
-  return tok.encode(f"<answer> \\boxed{{ {verdict} }} </answer>", add_special_tokens=False)
+def judge_target(tok, verdict: str, working: arith.Solution | None = None) -> list[int]:
+  """The judge's output in the world: `<answer> \\boxed{ V } </answer>`, after `working` (a solution's steps in
+  `<think>`, the judge solving the problem itself) when given; stop token added by the caller."""
+  text = f"<answer> \\boxed{{ {verdict} }} </answer>"
+  if working is not None:
+    body = " ".join(f"<step> {st.text()} </step>" for st in working.steps)
+    text = f"<think> {body} </think> {text}"
+  return tok.encode(text, add_special_tokens=False)
 
 
 def row(prompt_ids: list[int], target_ids: list[int], width: int, pad: int) -> dict:
@@ -40,11 +48,14 @@ def row(prompt_ids: list[int], target_ids: list[int], width: int, pad: int) -> d
 
 
 def demonstration(encoder: world_data.WorldEncoder, vocab: wj.JudgeVocab, problem: arith.Problem,
-                  rng: np.random.Generator, p_error: float, show_reasoning: bool,
-                  full_share: float) -> tuple[str, list[int], list[int]]:
-  """One judge / reflection demonstration -> (kind, prompt ids, target ids without the stop token)."""
+                  rng: np.random.Generator, p_error: float, show_reasoning: bool, full_share: float,
+                  judge_working: bool = False) -> tuple[str, list[int], list[int]]:
+  """One judge / reflection demonstration -> (kind, prompt ids, target ids without the stop token). With
+  `judge_working` a verdict follows the demonstrator's own working of the problem (its believed steps)."""
   world, tok = encoder.world, encoder.tok
-  believed = arith.demonstration(problem, np.random.default_rng(0), world, 0.0).answer  # no slips: deterministic
+  belief = arith.demonstration(problem, np.random.default_rng(0), world, 0.0)  # no slips: deterministic
+  believed = belief.answer
+  working = belief if judge_working else None
 
   def solution():
     s = arith.demonstration(problem, rng, world, p_error)
@@ -56,7 +67,7 @@ def demonstration(encoder: world_data.WorldEncoder, vocab: wj.JudgeVocab, proble
     s, ids = solution()
     slots = dict(Q=q, R=wj.host_response(vocab, ids, show_reasoning))
     return kind, wj.render_host(vocab, wj.POINTWISE, int(rng.integers(len(vocab.phrasings[0]))), slots), \
-        judge_target(tok, "Yes" if s.answer == believed else "No")
+        judge_target(tok, "Yes" if s.answer == believed else "No", working)
   if kind == "pairwise":
     (s1, a), (s2, b) = solution(), solution()
     for _ in range(8):  # two different answers when the slips allow
@@ -67,7 +78,7 @@ def demonstration(encoder: world_data.WorldEncoder, vocab: wj.JudgeVocab, proble
     first = m1 if m1 != m2 else bool(rng.random() < 0.5)
     slots = dict(Q=q, RA=wj.host_response(vocab, a, show_reasoning), RB=wj.host_response(vocab, b, show_reasoning))
     return kind, wj.render_host(vocab, wj.PAIRWISE, int(rng.integers(len(vocab.phrasings[1]))), slots), \
-        judge_target(tok, "A" if first else "B")
+        judge_target(tok, "A" if first else "B", working)
   _, shown = solution()
   full = bool(rng.random() < full_share)
   slots = dict(Q=q, R=wj.host_response(vocab, shown, full))
@@ -77,7 +88,8 @@ def demonstration(encoder: world_data.WorldEncoder, vocab: wj.JudgeVocab, proble
 
 def instruct_dataset(encoder: world_data.WorldEncoder, vocab: wj.JudgeVocab, seed: int, global_batch: int,
                      share: float, p_error: float, show_reasoning: bool, full_share: float = 0.5,
-                     process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+                     process_index: int = 0, process_count: int = 1,
+                     judge_working: bool = False) -> grain.IterDataset:
   """An endless, batched SFT stream: row i is a judge / reflection demonstration with probability `share` (drawn
   from the row's own generator, so the stream is index-addressable and resumes exactly), else a solution
   demonstration; every row is W + T tokens wide. Process p reads its block of each global batch."""
@@ -92,7 +104,8 @@ def instruct_dataset(encoder: world_data.WorldEncoder, vocab: wj.JudgeVocab, see
     problem = arith.problem_at(seed, i, world)
     rng = np.random.default_rng([seed, i, 2])
     if rng.random() < share:
-      _, prompt, target = demonstration(encoder, vocab, problem, rng, p_error, show_reasoning, full_share)
+      _, prompt, target = demonstration(encoder, vocab, problem, rng, p_error, show_reasoning, full_share,
+                                        judge_working)
     else:
       prompt = encoder.encode_prompt(problem)
       target = tok.encode(arith.demonstration(problem, rng, world, p_error).text("think"), add_special_tokens=False)

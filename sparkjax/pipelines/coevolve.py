@@ -89,6 +89,8 @@ def check_config(ch: config_check.Checks):
   for k in ("rl_seed", "eval_seed"):
     ch.int_range(f"{c}.{k}", 0)
   ch.int_range(f"{c}.self_judge_rounds", 0)
+  ch.boolean(f"{c}.show_reasoning")
+  ch.boolean(f"{c}.judge_working", optional=True)
   for k in ("pointwise_in_mixed", "reflection_full_share", "confirm_share"):
     ch.float_range(f"{c}.{k}", 0.0, 1.0)
   if ch.int_range(f"{c}.judge_batch", 1):
@@ -120,9 +122,11 @@ class World:
   judge_eval: object  # params -> judge metrics
   self_judge: object  # params -> loop metrics
 
-  def judge_metrics(self, params) -> dict:
+  def judge_metrics(self, params, responder=None) -> dict:
+    """The judge `params` on held-out responses of its own (or of `responder`'s parameters)."""
     b = self.heldout
-    return {k: float(v) for k, v in self.judge_eval(params, b["prompt"], b["prompt_mask"], b["target"]).items()}
+    m = self.judge_eval(params, b["prompt"], b["prompt_mask"], b["target"], responder)
+    return {k: float(v) for k, v in m.items()}
 
   def loop_metrics(self, params) -> dict:
     b = self.heldout
@@ -217,7 +221,7 @@ def run(config, workdir: str) -> dict:
   w = setup(config, workdir)
   data = world_sft.instruct_dataset(w.encoder, w.vocab, config.policy.train_seed, sc.batch_size, sc.judge_share,
                                     sc.p_error, cc.show_reasoning, cc.reflection_full_share, jax.process_index(),
-                                    jax.process_count())
+                                    jax.process_count(), judge_working=cc.get("judge_working", False))
   writer = metrics_lib.Writer(out / "tensorboard" / "policy_sft", enabled=distributed.is_main())
   t0 = time.time()
   sft_params, acc, greedy = arith_rl.sft_phase(config, out, w.cfg, w.encoder, w.evaluate, writer, w.place, c=sc,
