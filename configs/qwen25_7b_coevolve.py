@@ -4,8 +4,12 @@ Command:   launch_tpu/up.sh --name coevolve7b --type v5p-32 --config configs/qwe
            (on every worker: python -m sparkjax.main --config=configs/qwen25_7b_coevolve.py:model_dir=DIR
            --workdir=WORKDIR)
            Memory plan: python -m sparkjax.tools.plan --config configs/qwen25_7b_coevolve.py --topology v5p-32
-Hardware:  the plan runs on any CPU machine with `pip install libtpu==0.0.42.*`. The run it plans: see README
-           "SPARK-CoEvolve" for the measured plan (which slices fit).
+Hardware:  the plan runs on any CPU machine with `pip install libtpu==0.0.42.*` (~6 min on a 2-core CPU: four
+           programs). The run it plans: a v5p-16 slice (8 chips) or larger.
+Expect:    measured with libtpu 0.0.42.1, per chip: v5p-16 (mesh data=1 fsdp=2 tp=4): sampler 24.16 GiB, update
+           64.36 GiB, judge sampler 29.63 GiB, judge update (64 prompts of 2048 tokens x 8 samples of 768) 78.80 GiB
+           of 95 GiB: FITS; v5p-32 (fsdp=4 tp=4): 12.09 / 31.95 / 14.83 / 43.54 GiB: FITS. v5p-8 not compiled
+           (its parameters, Adam moments and reference alone take 28 GiB per chip before any activation).
 Args:      model_dir=PATH (a HF checkpoint of Qwen2.5-7B-Instruct, or any model with the qwen25_math_7b preset's
            shapes), microbatches=N (gradient-accumulation micro-batches per update, default 8).
 Not run:   no TPU is available to this project; the same pipeline runs on the CPU through configs/coevolve_cpu.py.

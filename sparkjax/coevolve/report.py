@@ -77,7 +77,8 @@ def table_markdown(report: dict) -> str:
                f"(T = 1); judge metrics on {h['judge_samples_per_problem']} policy samples per problem, judged "
                f"greedily; {report['iterations']} policy iterations per run, one run each. Each cell: the final "
                f"evaluation (in brackets the mean of the last {LATE} evaluations). Balanced accuracy = "
-               "1 - (FPR + FNR) / 2 (0.5 for a judge that gives one verdict to everything). The test-time loop: "
+               "(P(Yes | right) + P(No | wrong)) / 2, an unreadable verdict counting as neither (0.5 for a judge "
+               "that gives one verdict to everything). The test-time loop: "
                "greedy answer, pointwise self-judge, reflect unless Yes, at most 2 rounds.")
   lines.append("")
   lines += [f"- {c['claim']}: **{c['verdict']}** — {c['evidence']}" for c in report.get("claims", [])]
@@ -117,20 +118,20 @@ def claims(report: dict) -> list[dict]:
     out.append(dict(claim="the judge improves as the policy trains (balanced accuracy up by more than 2 points)",
                     verdict=verdict(holds(end), holds(lt)), evidence=ev))
   models = [("SFT", report["sft"]["self_judge"])] + [(n, r["self_judge"]) for n, r in runs.items()]
-  models = [(n, m, loop_balanced(m) if loop_balanced(m) is not None else m.get("judge_accuracy"))
-            for n, m in models if m.get("judge_accuracy") is not None]
-  if len(models) >= 2:
-    weak = min(models, key=lambda x: x[2])
-    strong = max(models, key=lambda x: x[2])
+  models = [(n, m, loop_balanced(m)) for n, m in models if loop_balanced(m) is not None]
+  if models:
     delta = lambda m: m["accuracy_with"] - m["accuracy_without"]
-    holds = delta(weak[1]) < 0 and delta(strong[1]) > delta(weak[1])
-    what = "balanced accuracy" if loop_balanced(weak[1]) is not None else "accuracy"
+    weak = [(n, m, b) for n, m, b in models if b < 0.55]  # at chance: the verdict barely depends on the answer
+    hurt = [n for n, m, _ in weak if delta(m) < 0]
+    helped = [n for n, m, _ in weak if delta(m) > 0]
+    verdict = ("holds" if hurt and not helped else "fails" if helped else
+               "not testable (no weak judge made the loop reflect)" if all(m["reflections"] == 0 for _, m, _ in weak)
+               else "fails")
     out.append(dict(claim="a weak judge hurts at test time (paper: base model 49.1 -> 39.9 with the loop)",
-                    verdict="holds" if holds else "fails",
-                    evidence=f"weakest judge ({weak[0]}, {what} {_pct(weak[2])}): loop {100 * delta(weak[1]):+.1f} "
-                             f"points; strongest ({strong[0]}, {_pct(strong[2])}): {100 * delta(strong[1]):+.1f} "
-                             "points; every model: " + ", ".join(
-                                 f"{n} {100 * delta(m):+.1f}" for n, m, _ in models)))
+                    verdict=verdict,
+                    evidence="loop effect (points), the first-round judge's balanced accuracy, reflections: " + ", ".join(
+                        f"{n} {100 * delta(m):+.1f} ({_pct(b)}, {int(m['reflections'])})" for n, m, b in models)
+                    + "; a weak judge is one below 55"))
   return out
 
 
