@@ -67,6 +67,9 @@ def get_config(arg=None):
   c.coevolve.confirm_share = 0.0
   c.coevolve.reset_every = 23  # an epoch: the 368 distinct training problems / 16 prompts per iteration
   c.coevolve.rl_seed = 8
+  # 0, 1, 2, ...: another RL replicate from the same SFT policy (other prompt order and sampling keys); copy a
+  # finished workdir's coevolve/checkpoints/policy_sft (and tokenizer) into the new workdir to skip the SFT.
+  c.coevolve.replicate = 0
   c.coevolve.eval_seed = 9
   c.coevolve.eval_size = 256  # distinct held-out problems (the small world's held-out split has 107)
   c.coevolve.eval_samples = 8

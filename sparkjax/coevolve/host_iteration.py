@@ -37,6 +37,9 @@ class HostJudgeSettings:
   seed: int = 0
 
 
+NO_ANSWER = "(no final answer)"  # what an answer-only judge prompt shows for a response without one boxed answer
+
+
 def status_key(status: str) -> str:
   """A judge_format status as a metric name: "several boxes" -> "several_boxes", "\\box{} instead of
   \\boxed{}" -> "box_instead_of_boxed"."""
@@ -102,7 +105,8 @@ class HostCoevolveIteration:
     for b, t in enumerate(targets):
       rows = range(b * G, (b + 1) * G)
       out.append(Group(self.question(int(t)), self.gold(int(t)), tuple(texts[i] for i in rows),
-                       tuple(boxed_answer(texts[i]) for i in rows), tuple(bool(rewards[i] > 0.5) for i in rows)))
+                       tuple(boxed_answer(texts[i]) or NO_ANSWER for i in rows),
+                       tuple(bool(rewards[i] > 0.5) for i in rows)))
     return out
 
   def encode(self, examples: list[Example]) -> tuple[np.ndarray, np.ndarray, int]:

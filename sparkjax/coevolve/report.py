@@ -6,7 +6,8 @@ balanced accuracy ((P(Yes | right) + P(No | wrong)) / 2; a judge that says "No" 
 wrong responses as accuracy but 0.5 here), and besides each run's final evaluation the claims read the mean of its last `LATE`
 evaluations, since held-out greedy accuracy moves by several points between neighbouring evaluations of one run.
 
-Regenerate results.md and curves.png from a results.json: python -m sparkjax.coevolve.report WORKDIR
+Regenerate results.md and curves.png from a results.json: python -m sparkjax.coevolve.report WORKDIR; combine
+replicates (`coevolve.replicate`, one workdir each): python -m sparkjax.coevolve.report WORKDIR1 WORKDIR2 ...
 """
 
 from __future__ import annotations
@@ -179,7 +180,27 @@ def regenerate(workdir: Path) -> str:
   return md
 
 
+def combine_markdown(reports: list[dict]) -> str:
+  """Replicates (`coevolve.replicate`, one workdir each): per run, the final held-out greedy and sampled accuracy
+  and the judge's balanced accuracy as mean ± sd (each replicate in brackets), in %."""
+  import numpy as np
+
+  names = [n for n in reports[0]["runs"] if all(n in r["runs"] for r in reports)]
+  fmt = lambda v: f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1) if len(v) > 1 else 0.0:.1f} (" + \
+      " / ".join(f"{100 * x:.1f}" for x in v) + ")"
+  lines = [f"| run ({len(reports)} replicates) | greedy % | sampled % | judge balanced acc % |", "|---|---|---|---|"]
+  for n in names:
+    f = [final(r, n) for r in reports]
+    lines.append(f"| {n} | {fmt([x['greedy_accuracy'] for x in f])} | {fmt([x['accuracy'] for x in f])} | "
+                 f"{fmt([x['balanced_accuracy'] for x in f])} |")
+  return "\n".join(lines)
+
+
 if __name__ == "__main__":
-  if len(sys.argv) != 2:
-    sys.exit("usage: python -m sparkjax.coevolve.report WORKDIR (a coevolve run's workdir)")
-  print(regenerate(Path(sys.argv[1])))
+  if len(sys.argv) < 2:
+    sys.exit("usage: python -m sparkjax.coevolve.report WORKDIR [WORKDIR ...] (coevolve workdirs; several: "
+             "replicates, combined)")
+  if len(sys.argv) == 2:
+    print(regenerate(Path(sys.argv[1])))
+  else:
+    print(combine_markdown([json.loads((Path(d) / "coevolve" / "results.json").read_text()) for d in sys.argv[1:]]))

@@ -89,6 +89,7 @@ def check_config(ch: config_check.Checks):
   for k in ("rl_seed", "eval_seed"):
     ch.int_range(f"{c}.{k}", 0)
   ch.int_range(f"{c}.self_judge_rounds", 0)
+  ch.int_range(f"{c}.replicate", 0, optional=True)
   ch.boolean(f"{c}.show_reasoning")
   ch.boolean(f"{c}.judge_working", optional=True)
   for k in ("pointwise_in_mixed", "reflection_full_share", "confirm_share"):
@@ -153,10 +154,13 @@ def run_one(name: str, config, out: Path, w: World, sft_params) -> dict:
   iterate = co_iteration.make_iteration(w.cfg, settings, judge_settings, js, tx, WR.make_rlvr_reward(w.tok),
                                         world_judge.judge_reward_fn(w.vocab, w.tok), w.vocab, schedule,
                                         w.place.state(tx))
-  # Every run: the same start (SFT params, state seed, so the same first sampling keys) and the same prompts.
-  train = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed + 1), out_shardings=w.place.state(tx))(sft_params)
+  # Every run: the same start (SFT params, state seed, so the same first sampling keys) and the same prompts; a
+  # replicate > 0 draws other prompts and sampling keys from the same SFT policy.
+  rep = cc.get("replicate", 0)
+  train = jax.jit(lambda p: state_lib.create_state(p, tx, config.seed + 1 + 1000 * rep),
+                  out_shardings=w.place.state(tx))(sft_params)
   state = co_iteration.create(train, w.vocab, js)
-  it = iter(world_data.world_dataset(w.encoder, cc.rl_seed, c.batch_size // c.group_size, "rl",
+  it = iter(world_data.world_dataset(w.encoder, cc.rl_seed + 1000 * rep, c.batch_size // c.group_size, "rl",
                                      jax.process_index(), jax.process_count()))
   ckpt = Checkpointer(out / "runs" / name / "checkpoints", max_to_keep=config.checkpoint.keep)
   writer = metrics_lib.Writer(out / "tensorboard" / name, enabled=distributed.is_main())
