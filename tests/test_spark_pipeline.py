@@ -128,3 +128,23 @@ def test_a_prm_of_another_world_is_refused(straight, tmp_path):
   (moved / "prm.json").write_text(json.dumps(meta))
   with pytest.raises(ValueError, match="trained on world .*'max_ops': 4"):
     spark_rl.load_world_prm(moved, tok, world, place)
+
+
+def test_stage1_phase_cache_recomputes_only_unfinished_phases(tmp_path):
+  """A phase's result is kept once computed and read back instead of recomputed; a write cut by a kill (the .tmp
+  left behind) is not read; no directory means no cache."""
+  from sparkjax.pipelines.spark_prm import phase_cache
+
+  calls = []
+
+  def phase(v):
+    calls.append(v)
+    return {"items": [v, v + 1]}
+
+  d = tmp_path / "partial"
+  assert phase_cache(d, "solutions", lambda: phase(1)) == {"items": [1, 2]}
+  (d / "verifications.tmp").write_bytes(b"cut short")
+  assert phase_cache(d, "solutions", lambda: phase(5)) == {"items": [1, 2]}  # read back, not recomputed
+  assert phase_cache(d, "verifications", lambda: phase(7)) == {"items": [7, 8]}
+  assert calls == [1, 7] and sorted(p.name for p in d.iterdir()) == ["solutions.pkl", "verifications.pkl"]
+  assert phase_cache(None, "solutions", lambda: phase(9)) == {"items": [9, 10]} and calls == [1, 7, 9]

@@ -9,7 +9,8 @@ Reads top to bottom:
   4. Stage II: a PRM trained on each variant (and ORM / PRM-CoT / discriminative on step-level consistency), each
      scored with the ProcessBench metric on a held-out world set.
 Every stage keeps its output in the workdir (checkpoints, dataset files, summary.json) and is skipped when its
-output is already there, so a killed run continues where it stopped.
+output is already there, so a killed run continues where it stopped; inside Stage I each finished phase (solutions,
+verifications, meta-critiques, reference-guided) is kept until the stage completes (`phase_cache`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -191,6 +193,36 @@ def quality(items, steps_list, finals) -> dict:
               processbench=pb)
 
 
+def phase_cache(directory: Path | None, name: str, fn):
+  """fn()'s result, kept in directory/name.pkl once computed, so that a Stage I killed mid-way recomputes only its
+  unfinished phases on restart (each phase is deterministic: the kept result is what a recomputation would give).
+  directory None: no cache. Written atomically (a kill during the write leaves no name.pkl)."""
+  if directory is None:
+    return fn()
+  f = directory / f"{name}.pkl"
+  if f.is_file():
+    common.say(f"stage I: {name} read from {f}")
+    return pickle.loads(f.read_bytes())
+  out = fn()
+  directory.mkdir(parents=True, exist_ok=True)
+  tmp = f.with_suffix(".tmp")
+  tmp.write_bytes(pickle.dumps(out))
+  tmp.replace(f)
+  return out
+
+
+def stage1_cache_dir(config, out_dir: Path) -> Path | None:
+  """Where Stage I keeps its finished phases: per Stage-I settings, world, seeds and model schedules (another
+  config starts afresh). Single-process runs only: on several hosts a phase one process skipped and another ran
+  would leave the sampler's collectives unmatched."""
+  if jax.process_count() > 1:
+    return None
+  key = json.dumps([config.stage1.to_dict(), config.world.to_dict(), config.data.to_dict(), config.seed,
+                    config.get("sft", {}) and config.sft.to_dict(), config.get("verifier", {}) and
+                    config.verifier.to_dict()], sort_keys=True, default=str)
+  return out_dir / f"partial-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
 def stage1_problems(config, world) -> list[arith.Problem]:
   """Stage I's unlabelled problems (the training split of stream `data.stage1_seed`)."""
   return [arith.problem_at(config.data.stage1_seed, i, world) for i in range(config.stage1.problems)]
@@ -208,7 +240,9 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
   world = arith.WorldConfig(**config.world)
   problems = stage1_problems(config, world)
   k_gen, k_ver, k_ref, k_mc1, k_mc2 = jax.random.split(key, 5)
-  items, owner, unreadable, parsed = solutions(generator, problems, c.m, c.generate, k_gen, "s")
+  cache = stage1_cache_dir(config, out_dir)
+  items, owner, unreadable, parsed = phase_cache(cache, "solutions", lambda: solutions(
+      generator, problems, c.m, c.generate, k_gen, "s"))
   if c.balance_per_side:
     items = verify_lib.balance(items, owner, c.balance_per_side, np.random.default_rng(config.seed))
   if not items:
@@ -220,7 +254,7 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
                                max_new_tokens=vc_cfg.max_new_tokens or target_len, style="world",
                                consensus=vd.ConsensusConfig(**c.consensus))
   t0 = time.time()
-  samples = verify_lib.verify(verifier, items, vc, k_ver)
+  samples = phase_cache(cache, "verifications", lambda: verify_lib.verify(verifier, items, vc, k_ver))
   rows = len(items) * vc.n
   table = dict(solutions=len(items), with_error=sum(not it.gold_final for it in items), n_max=vc.n,
                verify_seconds=time.time() - t0, verifications=rows,
@@ -243,13 +277,14 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
   base_texts = [row[0][0] for row in samples]
   outcome_texts = [samples[i][o.chosen][0] if o.chosen is not None else samples[i][0][0] for i, o in enumerate(oc)]
   for name, texts, k in (("meta_critique_base", base_texts, k_mc1), ("meta_critique_outcome", outcome_texts, k_mc2)):
-    merged = verify_lib.meta_critique(verifier, items, texts, vc, k)
+    merged = phase_cache(cache, name, lambda: verify_lib.meta_critique(verifier, items, texts, vc, k))
     labels = [verify_lib.labels(v, len(it.steps)) for it, (_, v, _) in zip(items, merged)]
     table[name] = quality(items, [s for s, _ in labels], [f for _, f in labels])
     variants[name] = [r for r in (verify_lib.record(it, name, s, f, m) for it, (s, f), (m, _, _) in
                                   zip(items, labels, merged)) if r is not None]
   # Reference-guided baseline: one verification whose prompt holds the expected answer.
-  ref = verify_lib.verify(verifier, items, vc, k_ref, reference=True, n=1)
+  ref = phase_cache(cache, "reference_guided", lambda: verify_lib.verify(verifier, items, vc, k_ref, reference=True,
+                                                                          n=1))
   labels = [verify_lib.labels(row[0][1], len(it.steps)) for it, row in zip(items, ref)]
   table["reference_guided"] = quality(items, [s for s, _ in labels], [f for _, f in labels])
   variants["reference_guided"] = [r for r in (verify_lib.record(it, "reference_guided", s, f, row[0][0]) for
@@ -262,6 +297,8 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
       v: out_dir / f"{v}.jsonl" for v in variants}
   if distributed.is_main():
     done.write_text(json.dumps(table, indent=2))
+    if cache is not None:
+      shutil.rmtree(cache, ignore_errors=True)  # Stage I is complete: its phases are not read again
   distributed.barrier("stage1")
   return paths, table
 
