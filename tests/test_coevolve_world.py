@@ -406,3 +406,32 @@ def test_config_inconsistent_with_the_batch_sizes_names_the_fields():
   for needle in ("coevolve.judge_batch=16", "max_judge=8", "max_reflection=12", "coevolve.runs='best_of_both'",
                  "coevolve.pointwise_in_mixed=1.5"):
     assert needle in text, (needle, text)
+
+
+def test_hf_grpo_coevolve_block_is_checked_only_when_on():
+  import importlib.util
+  from pathlib import Path
+
+  from sparkjax import config_check
+  from sparkjax.pipelines import hf_grpo
+
+  root = Path(hf_grpo.__file__).resolve().parents[2]
+
+  def load(name):
+    spec = importlib.util.spec_from_file_location(name, root / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+  def errors(c):
+    ch = config_check.Checks(c)
+    hf_grpo.check_coevolve(ch, ch.mesh())
+    return "\n".join(ch.errors)
+
+  assert errors(load("hf_grpo_prm_cpu")) == ""  # a PRM reward with CoEvolve off
+  c = load("coevolve_cpu")
+  assert errors(c) == ""
+  c.coevolve.judge_batch = 3  # 4 prompts recycle up to 2 + 2
+  c.reward.kind = "prm"
+  text = errors(c)
+  assert "coevolve.judge_batch=3" in text and "max_judge=2" in text and "reward.kind='rlvr'" in text

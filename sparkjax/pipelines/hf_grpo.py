@@ -69,8 +69,8 @@ def check_coevolve(ch: config_check.Checks, mesh):
   from sparkjax.coevolve import world_recycle
   from sparkjax.coevolve.recycle import RecycleConfig
 
-  if not ch.get("coevolve", None) or not ch.boolean("coevolve.enabled"):
-    return
+  if not ch.get("coevolve", None) or not ch.boolean("coevolve.enabled") or not ch.get("coevolve.enabled"):
+    return  # absent, not a boolean (named), or off
   if ch.get("reward", None) and ch.get("reward.kind", "rlvr") != "rlvr":
     ch.fail("coevolve.enabled", True, "CoEvolve recycles rollouts graded against reference answers: it needs "
             "reward.kind='rlvr'")
