@@ -430,6 +430,7 @@ def test_hf_grpo_coevolve_block_is_checked_only_when_on():
 
   assert errors(load("hf_grpo_prm_cpu")) == ""  # a PRM reward with CoEvolve off
   c = load("coevolve_cpu")
+  c.mesh.update(dict(data=1, fsdp=1, tp=8))  # rows unsplit whatever the (fake) device count
   assert errors(c) == ""
   c.coevolve.judge_batch = 3  # 4 prompts recycle up to 2 + 2
   c.reward.kind = "prm"
