@@ -13,37 +13,36 @@ format but was never trained on correct verdicts. Every run starts from that SFT
 and the same number of policy iterations (so the same policy rollouts); CoEvolve runs add reward-period updates.
 """
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
 
-from sparkjax.config_args import grpo_loss_fields, optimizer_config, parse_arg
+from sparkjax.config_args import optimizer_config, parse_arg
 
 RUNS = ("policy_only", "coevolve", "pointwise_only", "pairwise_only", "no_reflection")
 
 
+def _spark_rl():
+  spec = importlib.util.spec_from_file_location("_sparkjax_config_spark_rl", Path(__file__).with_name("spark_rl.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False, iterations=300)
+  base = _spark_rl().get_config(f"iterations={arg.iterations}")  # Stage III's world, model, policy and GRPO
   c = ml_collections.ConfigDict()
   c.pipeline = "coevolve"
   c.seed = 0
-  c.world = ml_collections.ConfigDict(dict(min_ops=2, max_ops=3, max_operand=3, max_value=12, ops="+-",
-                                           heldout_every=5))
-  c.model = ml_collections.ConfigDict(dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
-                                           num_kv_heads=1, dtype="float32"))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tp=1))
-  c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2))
-
-  c.policy = ml_collections.ConfigDict(dict(misconceptions=0.2, train_seed=7))
+  for block in ("world", "model", "mesh", "checkpoint", "policy", "rl"):
+    c[block] = base[block]
   # judge_share: a quarter of the SFT rows are judge / reflection demonstrations (world_sft); the rest solutions.
-  c.policy.sft = ml_collections.ConfigDict(dict(steps=400, batch_size=64, accum=1, p_error=0.5, judge_share=0.25))
+  c.policy.sft.update(steps=400, judge_share=0.25)
   c.policy.sft.optimizer = optimizer_config(3e-3, 400, warmup_steps=20, schedule="cosine")
-
-  c.rl = ml_collections.ConfigDict()
-  c.rl.iterations = arg.iterations
-  c.rl.batch_size = 128  # 16 prompts x 8 samples
-  c.rl.group_size = 8
-  c.rl.update(grpo_loss_fields())
   c.rl.eval_every = 30
-  # spark_rl's learning rate; total_steps counts every optimizer update (policy and judge: at most 2 per iteration).
+  # Stage III's learning rate; total_steps counts every optimizer update (policy and judge: at most 2 per iteration).
   c.rl.optimizer = optimizer_config(3e-4, 2 * arg.iterations, schedule="constant")
 
   c.coevolve = ml_collections.ConfigDict()
