@@ -91,7 +91,8 @@ def test_recycling_rules_by_group_composition(W):
   ans = [p.answer for p in problems]
   other = [(a + 1) % (WORLD.max_value + 1) for a in ans]
   # group 0 all correct, group 1 all wrong, groups 2 and 3 mixed (correct response at index 1 and 2).
-  groups = [[ans[0]] * 4, [other[1]] * 4, [other[2], ans[2], other[2], other[2]], [other[3], other[3], ans[3], other[3]]]
+  groups = [[ans[0]] * 4, [other[1]] * 4, [other[2], ans[2], other[2], other[2]],
+            [other[3], other[3], ans[3], other[3]]]
   batch, tokens, lengths, correct = _rollout(W, problems, groups)
   args = (jnp.asarray(batch["prompt"]), jnp.asarray(batch["prompt_mask"]), jnp.asarray(tokens), jnp.asarray(lengths),
           jnp.asarray(correct), jnp.asarray(batch["target"]))

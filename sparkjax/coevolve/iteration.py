@@ -19,7 +19,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from sparkjax import sampling, sharding
+from sparkjax import sharding
 from sparkjax.coevolve import world_judge as wj
 from sparkjax.coevolve import world_recycle as wr
 from sparkjax.coevolve.recycle import RecycleConfig

@@ -3,8 +3,9 @@ curves (held-out policy accuracy and judge quality against iterations, one line 
 
 Two choices, both because the measurements showed them necessary: the judge's discrimination is measured by
 balanced accuracy ((P(Yes | right) + P(No | wrong)) / 2; a judge that says "No" to everything scores the share of
-wrong responses as accuracy but 0.5 here), and besides each run's final evaluation the claims read the mean of its last `LATE`
-evaluations, since held-out greedy accuracy moves by several points between neighbouring evaluations of one run.
+wrong responses as accuracy but 0.5 here), and besides each run's final evaluation the claims read the mean of its
+last `LATE` evaluations, since held-out greedy accuracy moves by several points between neighbouring evaluations
+of one run.
 
 Regenerate results.md and curves.png from a results.json: python -m sparkjax.coevolve.report WORKDIR; combine
 replicates (`coevolve.replicate`, one workdir each): python -m sparkjax.coevolve.report WORKDIR1 WORKDIR2 ...
@@ -130,9 +131,9 @@ def claims(report: dict) -> list[dict]:
                else "fails")
     out.append(dict(claim="a weak judge hurts at test time (paper: base model 49.1 -> 39.9 with the loop)",
                     verdict=verdict,
-                    evidence="loop effect (points), the first-round judge's balanced accuracy, reflections: " + ", ".join(
-                        f"{n} {100 * delta(m):+.1f} ({_pct(b)}, {int(m['reflections'])})" for n, m, b in models)
-                    + "; a weak judge is one below 55"))
+                    evidence="loop effect (points), the first-round judge's balanced accuracy, reflections: "
+                    + ", ".join(f"{n} {100 * delta(m):+.1f} ({_pct(b)}, {int(m['reflections'])})"
+                                for n, m, b in models) + "; a weak judge is one below 55"))
   return out
 
 

@@ -90,7 +90,6 @@ def main(argv=None) -> int:
   import argparse
   import json
   import sys
-  from pathlib import Path
 
   from sparkjax import cli, text_generation
   from sparkjax.config_args import QWEN_MATH_INSTRUCTION
