@@ -305,8 +305,10 @@ def run(config, workdir: str) -> dict:
     ckpt.close()
 
   out_dir = workdir / f"policy_{c.iterations}"  # a longer run started later writes its own
+  # Gathering the parameters is a collective over the processes: every process takes part, then only the main one
+  # writes (a gather on the main process alone would wait for the others forever).
+  params_host = jax.tree.map(common.host, state.params) if jax.process_count() > 1 or not out_dir.exists() else None
   if distributed.is_main() and not out_dir.exists():
-    params_host = jax.tree.map(common.host, state.params)
     hf.save_params(params_host, cfg, out_dir, extra_files=lambda tmp: tokenizer.save_pretrained(str(tmp)))
     common.say(f"policy written to {out_dir}")
   writer.close()
