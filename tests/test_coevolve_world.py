@@ -437,3 +437,10 @@ def test_hf_grpo_coevolve_block_is_checked_only_when_on():
   c.reward.kind = "prm"
   text = errors(c)
   assert "coevolve.judge_batch=3" in text and "max_judge=2" in text and "reward.kind='rlvr'" in text
+
+
+def test_iteration_refuses_a_judge_batch_the_cache_cannot_hold(W):
+  fn, co, ref, data = _setup(W, judge_batch=2)  # 4 prompts recycle up to 4 judge examples per iteration
+  b = next(data)
+  with pytest.raises(ValueError, match=r"recycle 4 examples .*judge_batch=2"):
+    fn(co, ref, None, b["prompt"], b["prompt_mask"], b["target"])

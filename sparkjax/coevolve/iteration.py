@@ -110,6 +110,10 @@ def iteration(co: CoevolveState, ref_params, scorer_params, prompt_BP, prompt_ma
   cache = co.cache
   if not js.enabled:
     return CoevolveState(state, cache.replace(iterations=cache.iterations + 1)), metrics, roll
+  wr.check_sizes(js.recycle, prompt_BP.shape[0], js.batch)  # at trace time: the ring buffer must never overflow
+  if cache.capacity != 2 * js.batch:
+    raise ValueError(f"judge cache of {cache.capacity} slots, expected 2 x judge batch = {2 * js.batch} "
+                     "(build the state with coevolve.iteration.create)")
   if js.reset_every:
     new_epoch = (cache.iterations > 0) & (cache.iterations % js.reset_every == 0)
     cache = jax.lax.cond(new_epoch, wr.reset, lambda c: c, cache)
