@@ -9,7 +9,11 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import atexit
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 
 # One persistent XLA compilation cache for the session, inherited by the CLI subprocesses: the suite runs the same
 # small programs (the smoke configs' SFT step, GRPO iteration, sampler) in dozens of processes and test functions,
@@ -40,6 +44,35 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
 
 QWEN3_TOK = Path(__file__).resolve().parents[1].parent / "shared" / "tokenizers" / "qwen3"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main_cmd(args, workdir) -> list[str]:
+  """The main job's command line with config `args` and `workdir`."""
+  return [sys.executable, "-m", "sparkjax.main", *args, f"--workdir={workdir}"]
+
+
+def _env() -> dict:
+  return dict(os.environ, JAX_PLATFORMS="cpu")
+
+
+def run_main(args, workdir, timeout: float = 900):
+  """Runs the main job to its end in a subprocess; it must succeed. Returns the CompletedProcess (stderr kept)."""
+  r = subprocess.run(main_cmd(args, workdir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return r
+
+
+def kill_when(args, workdir, marker: Path, timeout: float = 600):
+  """Starts the main job and kills it with SIGKILL as soon as `marker` exists (or when it ends or `timeout`
+  seconds pass): a kill -9 at a chosen moment."""
+  p = subprocess.Popen(main_cmd(args, workdir), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while not marker.exists() and p.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
 
 
 @pytest.fixture(scope="session")

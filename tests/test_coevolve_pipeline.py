@@ -2,11 +2,6 @@
 bitwise the same final state (parameters, optimizer, judge cache and counters) as an uninterrupted run."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -14,22 +9,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import kill_when, run_main
+
 ITERATIONS = 4
 ARGS = ["--config=configs/coevolve.py:runlocal", "--config.coevolve.runs=('coevolve',)",
         "--config.policy.sft.steps=4", "--config.policy.sft.optimizer.total_steps=4",
         f"--config.rl.iterations={ITERATIONS}", f"--config.rl.eval_every={ITERATIONS}"]
-ENV = dict(os.environ, JAX_PLATFORMS="cpu")
-
-
-def _cmd(workdir):
-  return [sys.executable, "-m", "sparkjax.main", *ARGS, f"--workdir={workdir}"]
-
-
-def _run(workdir):
-  r = subprocess.run(_cmd(workdir), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return r
 
 
 def _final_state(workdir):
@@ -40,7 +25,7 @@ def _final_state(workdir):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
   d = tmp_path_factory.mktemp("coevolve") / "run"
-  _run(d)
+  run_main(ARGS, d)
   return d
 
 
@@ -68,14 +53,9 @@ def test_report_and_counters(straight):
 def test_kill_and_resume_is_bitwise_identical(straight, tmp_path):
   killed = tmp_path / "killed"
   marker = killed / "coevolve" / "runs" / "coevolve" / "checkpoints" / "2"
-  p = subprocess.Popen(_cmd(killed), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 600
-  while not marker.exists() and p.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  p.send_signal(signal.SIGKILL)
-  p.wait()
+  kill_when(ARGS, killed, marker)
   assert marker.exists()
-  r = _run(killed)
+  r = run_main(ARGS, killed)
   assert "rl: resumed from iteration" in r.stderr
   a, b = _final_state(straight), _final_state(killed)
   assert jax.tree.structure(a) == jax.tree.structure(b)

@@ -4,10 +4,7 @@ metrics as an uninterrupted run. A finished run restarted keeps its results; ano
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -17,21 +14,16 @@ import pytest
 
 from sparkjax.train.checkpoint import Checkpointer
 
+from conftest import kill_when, main_cmd, run_main
+
 ROOT = Path(__file__).resolve().parents[1]
 # The smoke config with a short SFT phase (resume is about state, not about learning).
 ARGS = ["--config=configs/arith.py:runlocal", "--config.sft.steps=10", "--config.sft.optimizer.total_steps=10",
         "--config.rl.iterations=6", "--config.rl.optimizer.total_steps=6"]
-ENV = dict(os.environ, JAX_PLATFORMS="cpu")
-
-
-def _cmd(workdir, *extra):
-  return [sys.executable, "-m", "sparkjax.main", *ARGS, *extra, f"--workdir={workdir}"]
 
 
 def _run(workdir, *extra):
-  r = subprocess.run(_cmd(workdir, *extra), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return r
+  return run_main([*ARGS, *extra], workdir, timeout=600)
 
 
 def _final_state(workdir):
@@ -57,12 +49,7 @@ def straight(tmp_path_factory):
 def test_kill_and_resume_is_bitwise_identical(straight, tmp_path):
   killed = tmp_path / "killed"
   for marker in (killed / "checkpoints" / "sft" / "2", killed / "checkpoints" / "rl" / "2"):
-    p = subprocess.Popen(_cmd(killed), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not marker.exists() and p.poll() is None and time.time() < deadline:
-      time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_when(ARGS, killed, marker, timeout=300)
   r = _run(killed)
   assert "resumed" in r.stderr
   _assert_same_state(straight, killed)
@@ -126,7 +113,7 @@ def test_rerun_of_a_finished_run_keeps_its_results(straight):
 
 
 def test_other_model_in_the_workdir_is_named(straight):
-  r = subprocess.run(_cmd(straight, "--config.model.hidden_size=32"), cwd=ROOT, env=ENV, capture_output=True,
-                     text=True, timeout=600)
+  r = subprocess.run(main_cmd([*ARGS, "--config.model.hidden_size=32"], straight), cwd=ROOT,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600)
   assert r.returncode == 2 and "Traceback" not in r.stderr
   assert "holds a different model" in r.stderr and "params/embed" in r.stderr and "new --workdir" in r.stderr

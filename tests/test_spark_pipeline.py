@@ -3,12 +3,7 @@ trained beside RLVR; the comparison, the Stage III table, claims and picture; ki
 restart gives bitwise the same parameters; a PRM of another world is refused with the reason."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -16,27 +11,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import kill_when, run_main
+
 ARGS = ["--config=configs/spark.py:runlocal", "--config.rl.iterations=4", "--config.rl.optimizer.total_steps=4",
         "--config.rl.eval_every=2"]
-ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 PRM_RUN = "step_consistency_prm_cot+process_outcome"
-
-
-def _cmd(workdir):
-  return [sys.executable, "-m", "sparkjax.main", *ARGS, f"--workdir={workdir}"]
-
-
-def _run(workdir):
-  r = subprocess.run(_cmd(workdir), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return r
 
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
   d = tmp_path_factory.mktemp("spark") / "run"
-  r = _run(d)
+  r = run_main(ARGS, d)
   return d, r
 
 
@@ -79,14 +64,9 @@ def test_kill_inside_stage3_and_resume_is_bitwise(straight, tmp_path):
   del results["runs"]["step_consistency_prm_cot/process_outcome"]
   (killed / "stage3" / "results.json").write_text(json.dumps(results))
   marker = killed / "stage3" / "runs" / PRM_RUN / "checkpoints" / "2"
-  p = subprocess.Popen(_cmd(killed), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 600
-  while not marker.exists() and p.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  p.send_signal(signal.SIGKILL)
-  p.wait()
+  kill_when(ARGS, killed, marker)
   assert marker.exists()
-  r = _run(killed)
+  r = run_main(ARGS, killed)
   assert "rl: resumed from iteration" in r.stderr and "stage III rlvr: done before" in r.stderr
   a, b = jax.tree.leaves(_final_params(d, PRM_RUN)), jax.tree.leaves(_final_params(killed, PRM_RUN))
   assert len(a) == len(b) > 0
