@@ -5,6 +5,7 @@ the size checks."""
 
 import dataclasses
 import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +57,12 @@ def _text(tok, ids, mask=None):
   return tok.decode([int(t) for i, t in enumerate(ids) if mask is None or mask[i]])
 
 
+def _left_pad(ids, width, pad):
+  tokens = np.full(width, pad, np.int32)
+  tokens[width - len(ids):] = ids
+  return tokens, np.arange(width) >= width - len(ids)
+
+
 def test_device_prompts_equal_host_prompts(W):
   tok, enc, vocab = W
   problems = [arith.problem_at(3, i, WORLD) for i in range(2)]
@@ -74,7 +81,7 @@ def test_device_prompts_equal_host_prompts(W):
           shown = wj.host_response(vocab, tokens[n].tolist(), full)
           other = wj.host_response(vocab, tokens[3 - n].tolist(), full)
           host = wj.render_host(vocab, kind, k, dict(Q=wj.host_question(vocab, p_ids), R=shown, RA=shown, RB=other))
-          ht, hm = wj.left_pad(host, vocab.width, vocab.pad)
+          ht, hm = _left_pad(host, vocab.width, vocab.pad)
           np.testing.assert_array_equal(np.asarray(dev[n]), ht)
           np.testing.assert_array_equal(np.asarray(mask[n]), hm)
   # What a prompt says, for one phrasing: the question, the answer-only view, the judge question.
@@ -168,11 +175,15 @@ def test_judge_reward_and_counted_failures(W):
   finished = jnp.asarray([True] * 6 + [False, True])
   labels = jnp.asarray([vocab.yes] * 7 + [tok.convert_tokens_to_ids("3")])
   kinds = jnp.asarray([0] * 7 + [2])
-  r = wj.judge_reward_fn(vocab, tok)(tokens, lengths, finished, labels)
-  assert np.asarray(r).tolist() == [1, 0, 0, 0, 0, 0, 0, 1]
+  want_status = ["ok", "ok", "no_box", "several_boxes", "not_a_verdict", "not_a_verdict", "unfinished", "ok"]
   status = np.asarray(wj.judge_status(vocab, tokens, lengths, finished, kinds))
-  assert [wj.STATUSES[s] for s in status] == ["ok", "ok", "no_box", "several_boxes", "not_a_verdict",
-                                              "not_a_verdict", "unfinished", "ok"]
+  assert [wj.STATUSES[s] for s in status] == want_status
+  # The scorer the reward-period update uses: the answer check with the label, and one flag per failure status.
+  out = types.SimpleNamespace(tokens=tokens, lengths=lengths, finished=finished)
+  scores = wj.judge_scorer(vocab, world_data.answer_check(tok))(None, None, None, out, jnp.stack([labels, kinds], 1))
+  assert np.asarray(scores["rewards"]).tolist() == [1, 0, 0, 0, 0, 0, 0, 1]
+  for name in wj.STATUSES[1:]:
+    assert np.asarray(scores[name]).tolist() == [w == name for w in want_status], name
   # Pairwise: A / B are verdicts, Yes is not.
   pair = wj.judge_status(vocab, tokens[:1], lengths[:1], finished[:1], jnp.asarray([1]))
   assert wj.STATUSES[int(pair[0])] == "not_a_verdict"
@@ -236,9 +247,9 @@ def _setup(W, reset_every=0, max_reflection=0, judge_batch=8, schedule=None, mu=
                                stop_tokens=(enc.eos,), pad_id=enc.pad)
   settings = rli.GRPOSettings(sampling=sp, mu=mu)
   jset = dataclasses.replace(settings, sampling=dataclasses.replace(sp, num_samples=2))
-  js = co_it.JudgeSettings(True, RecycleConfig(max_judge=4, max_reflection=max_reflection), judge_batch, 2,
+  js = co_it.JudgeSettings(True, RecycleConfig(max_judge=4, max_reflection=max_reflection), judge_batch,
                            reset_every)
-  fn = co_it.make_iteration(cfg, settings, jset, js, tx, WR.make_rlvr_reward(tok), wj.judge_reward_fn(vocab, tok),
+  fn = co_it.make_iteration(cfg, settings, jset, js, tx, WR.make_rlvr_reward(tok), world_data.answer_check(tok),
                             vocab, schedule)
   params = transformer.init_params(cfg, jax.random.key(0))
   ref = jax.tree.map(jnp.copy, params)
@@ -326,12 +337,12 @@ def _sharded_setup(W, state_sharding=None):
                                stop_tokens=(enc.eos,), pad_id=enc.pad)
   settings = rli.GRPOSettings(sampling=sp, kl_coef=0.01)
   jset = dataclasses.replace(settings, sampling=dataclasses.replace(sp, num_samples=2))
-  js = co_it.JudgeSettings(True, RecycleConfig(max_judge=8, max_reflection=0, pointwise_in_mixed=0.5), 8, 2)
+  js = co_it.JudgeSettings(True, RecycleConfig(max_judge=8, max_reflection=0, pointwise_in_mixed=0.5), 8)
   # A random policy never answers right: a rule of the tokens (first token's parity) gives the groups mixed
   # "correctness" (pairwise examples too), and is exact under any sharding.
   parity = rli.rule_reward(lambda tokens, lengths, finished, targets: (tokens[:, 0] % 2).astype(jnp.float32))
   fn = co_it.make_iteration(cfg, settings, jset, js, tx, parity,
-                            wj.judge_reward_fn(vocab, tok), vocab, None, state_sharding)
+                            world_data.answer_check(tok), vocab, None, state_sharding)
   return cfg, tx, js, fn
 
 
@@ -360,7 +371,7 @@ def test_combined_iteration_sharded_equals_one_device(W):
   rows = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))
   for b, ref_m in zip(batches, ref_ms):
     got, m, _ = pinned(got, place(params, p_sh), None, rows(b["prompt"]), rows(b["prompt_mask"]), rows(b["target"]))
-    for k in ("reward_mean", "judge_reward", "recycled_pointwise", "recycled_pairwise", "cache_count"):
+    for k in ("reward_mean", "judge_reward_mean", "recycled_pointwise", "recycled_pairwise", "cache_count"):
       assert float(m[k]) == float(ref_m[k]), k
   for a, b in zip(jax.tree.leaves(co.cache), jax.tree.leaves(got.cache)):  # the recycled prompts, bit for bit
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

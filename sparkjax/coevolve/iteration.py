@@ -1,7 +1,7 @@
 """The SPARK-CoEvolve iteration in the world, one jitted call: the policy's GRPO iteration (verifiable reward), its
 rollouts recycled into judge examples on device, appended to the FIFO cache, and, when the cache holds a batch, the
 reward-period update: a second GRPO update of the same weights on the `batch` oldest judge prompts, G samples each,
-rewarded by exact match of the boxed output against the label (`world_judge.judge_reward_fn`).
+rewarded by exact match of the boxed output against the label (`world_judge.judge_scorer`).
 
 Both kinds of update step the same optimizer: `TrainState.step` (and so the learning-rate schedule and the PRNG
 stream) counts every optimizer update, and `Cache` counts policy iterations and judge updates apart.
@@ -24,7 +24,6 @@ from sparkjax.coevolve import world_judge as wj
 from sparkjax.coevolve import world_recycle as wr
 from sparkjax.coevolve.recycle import RecycleConfig
 from sparkjax.models.config import ModelConfig
-from sparkjax.rl import grpo
 from sparkjax.rl import iteration as rl_iteration
 from sparkjax.train.state import TrainState
 
@@ -51,8 +50,7 @@ class JudgeSettings:
 
   enabled: bool
   recycle: RecycleConfig
-  batch: int  # J: judge prompts per reward-period update
-  group_size: int  # G_j: samples per judge prompt
+  batch: int  # J: judge prompts per reward-period update (G_j, its samples each, is the judge GRPOSettings')
   reset_every: int = 0  # policy iterations per epoch: the cache empties at each multiple; 0 = never
 
 
@@ -60,48 +58,35 @@ def create(train: TrainState, vocab: wj.JudgeVocab, js: JudgeSettings) -> Coevol
   return CoevolveState(train, wr.empty_cache(2 * js.batch, vocab.width, vocab.pad))
 
 
-def _mean_where(x, m):
-  m = m.astype(jnp.float32)
-  return (x * m).sum() / jnp.maximum(m.sum(), 1.0)
-
-
 def judge_update(state: TrainState, ref_params, prompt, mask, label, kind, *, cfg: ModelConfig,
-                 settings: rl_iteration.GRPOSettings, tx, schedule, vocab: wj.JudgeVocab, judge_reward: Callable,
+                 settings: rl_iteration.GRPOSettings, tx, schedule, scorer: Callable,
                  row_sharding=None) -> tuple[TrainState, dict]:
-  """The reward-period GRPO update on J judge prompts [J, W] with labels [J] and kinds [J]: sample G_j each,
-  reward r = 1[boxed output == label] (0 for no box, several boxes or another verdict), advantages
-  (r - mean_G) / (std_G + eps), one `policy_update` of the same state."""
+  """The reward-period update on J judge prompts [J, W] with labels [J] and kinds [J]: the GRPO iteration
+  (`rl.iteration.iteration`: G_j samples each, advantages, one `policy_update` of the same state) with the judge's
+  scorer (`world_judge.judge_scorer`: r = 1[boxed output == label], 0 for no box, several boxes or another verdict).
+  Metrics are the iteration's, prefixed `judge_` (the scorer's status shares as judge_no_box, ...), plus the reward
+  and share of each kind."""
+  targets = jnp.stack([label, kind], axis=1)
   if row_sharding is not None:
-    prompt, mask = (jax.lax.with_sharding_constraint(x, row_sharding) for x in (prompt, mask))
-  G = settings.group_size
-  out = rl_iteration.rollout(state.params, prompt, mask, state.key(), cfg=cfg, settings=settings)
-  label_N, kind_N = jnp.repeat(label, G), jnp.repeat(kind, G)
-  r = judge_reward(out.tokens, out.lengths, out.finished, label_N)
-  status = wj.judge_status(vocab, out.tokens, out.lengths, out.finished, kind_N)
-  adv = grpo.ADVANTAGES[settings.advantage](r, G)
-  batch = dict(prompt=prompt, prompt_mask=mask, tokens=out.tokens, lengths=out.lengths, old_logp=out.logprobs,
-               advantages=adv)
-  state, m = rl_iteration.policy_update(state, ref_params, batch, cfg=cfg, settings=settings, tx=tx,
-                                        schedule=schedule)
-  metrics = {f"judge_{k}": v for k, v in m.items()}
-  metrics |= dict(judge_reward=r.mean(), judge_zero_variance_groups=grpo.zero_variance_fraction(r, G),
-                  judge_response_length=out.lengths.astype(jnp.float32).mean(), judge_update=jnp.float32(1.0))
+    prompt, mask, targets = (jax.lax.with_sharding_constraint(x, row_sharding) for x in (prompt, mask, targets))
+  state, m, roll = rl_iteration.iteration(state, ref_params, None, prompt, mask, targets, cfg=cfg,
+                                          settings=settings, tx=tx, reward_fn=scorer, schedule=schedule)
+  kind_N = jnp.repeat(kind, settings.group_size)
+  metrics = {f"judge_{k.removeprefix('score_')}": v for k, v in m.items()} | dict(judge_update=jnp.float32(1.0))
   for i, name in enumerate(wj.KINDS):
-    metrics[f"judge_{name}_reward"] = _mean_where(r, kind_N == i)
+    metrics[f"judge_{name}_reward"] = wj.mean_where(roll.scores["rewards"], kind_N == i)
     metrics[f"judge_{name}_share"] = (kind == i).astype(jnp.float32).mean()
-  for i, name in enumerate(wj.STATUSES[1:], start=1):
-    metrics[f"judge_{name}"] = (status == i).astype(jnp.float32).mean()
   return state, metrics
 
 
 def iteration(co: CoevolveState, ref_params, scorer_params, prompt_BP, prompt_mask_BP, targets_B, *,
               cfg: ModelConfig, settings: rl_iteration.GRPOSettings, judge_settings: rl_iteration.GRPOSettings,
-              js: JudgeSettings, tx, reward_fn: Callable, judge_reward: Callable, vocab: wj.JudgeVocab,
+              js: JudgeSettings, tx, reward_fn: Callable, check: Callable, vocab: wj.JudgeVocab,
               schedule=None, row_sharding=None) -> tuple[CoevolveState, dict, rl_iteration.Rollout]:
   """One CoEvolve iteration: (state, prompts, answer tokens) -> (state, metrics, the policy's rollout).
 
   reward_fn: the policy's verifiable reward (a scorer, `rl.iteration`); a row counts as correct for recycling when
-  its reward is > 0.5. The epoch reset happens before an iteration whose index is a multiple of js.reset_every.
+  its reward is > 0.5. check: the world's answer check (`world_data.answer_check`), the judge's reward. The epoch reset happens before an iteration whose index is a multiple of js.reset_every.
   """
   key = co.train.key()  # the rollout's key; recycling draws from a stream folded off it
   state, metrics, roll = rl_iteration.iteration(co.train, ref_params, scorer_params, prompt_BP, prompt_mask_BP,
@@ -125,7 +110,7 @@ def iteration(co: CoevolveState, ref_params, scorer_params, prompt_BP, prompt_ma
     metrics[f"recycled_{name}"] = (ex.valid & (ex.kind == i)).sum().astype(jnp.float32)
 
   upd = functools.partial(judge_update, ref_params=ref_params, cfg=cfg, settings=judge_settings, tx=tx,
-                          schedule=schedule, vocab=vocab, judge_reward=judge_reward, row_sharding=row_sharding)
+                          schedule=schedule, scorer=wj.judge_scorer(vocab, check), row_sharding=row_sharding)
 
   def run(args):
     state, cache = args
@@ -145,7 +130,7 @@ def iteration(co: CoevolveState, ref_params, scorer_params, prompt_BP, prompt_ma
   return CoevolveState(state, cache), metrics, roll
 
 
-def make_iteration(cfg, settings, judge_settings, js: JudgeSettings, tx, reward_fn, judge_reward, vocab,
+def make_iteration(cfg, settings, judge_settings, js: JudgeSettings, tx, reward_fn, check, vocab,
                    schedule=None, state_sharding=None):
   """`iteration(co, ref_params, scorer_params, prompt_BP, prompt_mask_BP, targets_B)` jitted once, the state
   donated; with `state_sharding` (the TrainState's shardings) every input and output is pinned (cache and metrics
@@ -154,7 +139,7 @@ def make_iteration(cfg, settings, judge_settings, js: JudgeSettings, tx, reward_
   mesh = None if state_sharding is None else jax.tree.leaves(state_sharding)[0].mesh
   rows = None if mesh is None else sharding.batch_sharding(mesh, 2)
   fn = functools.partial(iteration, cfg=cfg, settings=settings, judge_settings=judge_settings, js=js, tx=tx,
-                         reward_fn=reward_fn, judge_reward=judge_reward, vocab=vocab, schedule=schedule,
+                         reward_fn=reward_fn, check=check, vocab=vocab, schedule=schedule,
                          row_sharding=rows)
   if mesh is None:
     return jax.jit(fn, donate_argnums=0)

@@ -31,7 +31,6 @@ from sparkjax.coevolve import world_recycle as wr
 from sparkjax.coevolve import world_sft
 from sparkjax.coevolve.recycle import RecycleConfig
 from sparkjax.data import world_data
-from sparkjax.data.grading import make_suffix_reward
 from sparkjax.pipelines import arith_rl, common
 from sparkjax.pipelines import coevolve as pipeline
 from sparkjax.train import metrics as metrics_lib
@@ -45,7 +44,7 @@ def make_example_fn(w, config, prompts: int):
   graded exactly and recycled with every group giving a judge example (half pointwise in mixed groups)."""
   samples = config.rl.group_size
   sp = dataclasses.replace(pipeline.policy_sampling(config, w.encoder), num_samples=samples, temperature=1.0)
-  exact = make_suffix_reward(*world_data.answer_template(w.tok, "think"))
+  exact = world_data.answer_check(w.tok)
   rc = RecycleConfig(max_judge=prompts, max_reflection=0, pointwise_in_mixed=0.5,
                      show_reasoning=config.coevolve.show_reasoning)
 

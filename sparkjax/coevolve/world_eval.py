@@ -38,18 +38,19 @@ def _phrasings(vocab: wj.JudgeVocab, kind: int, n: int):
   return jnp.arange(n) % len(vocab.phrasings[kind])
 
 
-def says(vocab, judge_reward, out, label: int):
-  """[rows] bool: the judge's response is well formed and its verdict is `label`."""
+def says(check, out, label: int):
+  """[rows] bool: the judge's response is well formed and its verdict is `label` (`check`: the world's answer
+  check, `world_data.answer_check`)."""
   lab = jnp.full(out.lengths.shape, label, jnp.int32)
-  return judge_reward(out.tokens, out.lengths, out.finished, lab) > 0.5
+  return check(out.tokens, out.lengths, out.finished, lab) > 0.5
 
 
-def make_judge_eval(cfg, vocab: wj.JudgeVocab, sp: sampling.SamplingParams, answer_reward, judge_reward,
-                    show_reasoning: bool, samples: int, seed: int = 0):
+def make_judge_eval(cfg, vocab: wj.JudgeVocab, sp: sampling.SamplingParams, check, show_reasoning: bool,
+                    samples: int, seed: int = 0):
   """eval(params, prompt_BP, prompt_mask_BP, gold_B, responder=None) -> dict of the judge's exact quality (module
   docstring); the responses judged are `responder`'s (another model's parameters) when given, else the judge's own.
-  sp: the policy's sampling settings (max new tokens, stop and pad tokens); answer_reward: the world's answer check
-  `(tokens, lengths, finished, targets) -> [rows]`."""
+  sp: the policy's sampling settings (max new tokens, stop and pad tokens); check: the world's answer check
+  `(tokens, lengths, finished, targets) -> [rows]` (`world_data.answer_check`), which also reads the verdicts."""
   S = samples
 
   @jax.jit
@@ -57,21 +58,20 @@ def make_judge_eval(cfg, vocab: wj.JudgeVocab, sp: sampling.SamplingParams, answ
     B = prompt.shape[0]
     out = sampling.sample(params if responder is None else responder, prompt, mask, jax.random.key(seed), cfg=cfg,
                           sp=dataclasses.replace(sp, temperature=1.0, num_samples=S))
-    right = answer_reward(out.tokens, out.lengths, out.finished, jnp.repeat(gold, S)) > 0.5  # [B * S]
+    right = check(out.tokens, out.lengths, out.finished, jnp.repeat(gold, S)) > 0.5  # [B * S]
     q = wj.question(vocab, prompt, mask)
     qN = tuple(jnp.repeat(x, S, axis=0) for x in q)
     shown = wj.response(vocab, out.tokens, out.lengths, jnp.asarray(show_reasoning))
     # Pointwise on every response.
     pt, pm = wj.render(vocab, wj.POINTWISE, _phrasings(vocab, wj.POINTWISE, B * S), dict(Q=qN, R=shown))
     v = _greedy(params, cfg, sp, pt, pm)
-    yes, no = says(vocab, judge_reward, v, vocab.yes), says(vocab, judge_reward, v, vocab.no)
+    yes, no = says(check, v, vocab.yes), says(check, v, vocab.no)
     wrong = ~right
     f = lambda x: x.astype(jnp.float32)
-    mean_where = lambda x, m: (f(x) * f(m)).sum() / jnp.maximum(f(m).sum(), 1.0)
-    tpr, tnr = mean_where(yes, right), mean_where(no, wrong)  # an unreadable verdict is neither
+    tpr, tnr = wj.mean_where(yes, right), wj.mean_where(no, wrong)  # an unreadable verdict is neither
     m = dict(pointwise_accuracy=jnp.where(right, yes, no).astype(jnp.float32).mean(),
-             balanced_accuracy=(tpr + tnr) / 2, false_positive_rate=mean_where(yes, wrong),
-             false_negative_rate=mean_where(no, right), judge_unreadable=f(~yes & ~no).mean(),
+             balanced_accuracy=(tpr + tnr) / 2, false_positive_rate=wj.mean_where(yes, wrong),
+             false_negative_rate=wj.mean_where(no, right), judge_unreadable=f(~yes & ~no).mean(),
              responses_right=f(right).mean())
     # Pairwise on each problem with a right and a wrong response.
     ok = right.reshape(B, S)
@@ -79,26 +79,25 @@ def make_judge_eval(cfg, vocab: wj.JudgeVocab, sp: sampling.SamplingParams, answ
     r_i, w_i = jnp.argmax(ok, 1), jnp.argmax(~ok, 1)
     first_right = jnp.arange(B) % 2 == 0
     row = lambda i: jnp.arange(B) * S + i
-    full = lambda i: wj.response(vocab, out.tokens[row(i)], out.lengths[row(i)], jnp.asarray(show_reasoning))
+    view = lambda i: wj.response(vocab, out.tokens[row(i)], out.lengths[row(i)], jnp.asarray(show_reasoning))
     a_i, b_i = jnp.where(first_right, r_i, w_i), jnp.where(first_right, w_i, r_i)
-    qt, qm = wj.render(vocab, wj.PAIRWISE, _phrasings(vocab, wj.PAIRWISE, B), dict(Q=q, RA=full(a_i), RB=full(b_i)))
+    qt, qm = wj.render(vocab, wj.PAIRWISE, _phrasings(vocab, wj.PAIRWISE, B), dict(Q=q, RA=view(a_i), RB=view(b_i)))
     pv = _greedy(params, cfg, sp, qt, qm)
-    pick_right = jnp.where(first_right, says(vocab, judge_reward, pv, vocab.a),
-                           says(vocab, judge_reward, pv, vocab.b))
-    m |= dict(pairwise_accuracy=mean_where(pick_right, mixed), pairwise_problems=f(mixed).sum())
+    pick_right = jnp.where(first_right, says(check, pv, vocab.a), says(check, pv, vocab.b))
+    m |= dict(pairwise_accuracy=wj.mean_where(pick_right, mixed), pairwise_problems=f(mixed).sum())
     # Reflection on every response, with its full reasoning; success = the new answer is right.
     rt, rm = wj.render(vocab, wj.REFLECTION, _phrasings(vocab, wj.REFLECTION, B * S),
                        dict(Q=qN, R=wj.response(vocab, out.tokens, out.lengths, jnp.asarray(True))))
     rv = _greedy(params, cfg, sp, rt, rm)
-    fixed = answer_reward(rv.tokens, rv.lengths, rv.finished, jnp.repeat(gold, S)) > 0.5
-    m |= dict(reflection_success=mean_where(fixed, wrong), reflection_keeps_right=mean_where(fixed, right))
+    fixed = check(rv.tokens, rv.lengths, rv.finished, jnp.repeat(gold, S)) > 0.5
+    m |= dict(reflection_success=wj.mean_where(fixed, wrong), reflection_keeps_right=wj.mean_where(fixed, right))
     return m
 
   return evaluate
 
 
-def make_self_judge(cfg, vocab: wj.JudgeVocab, sp: sampling.SamplingParams, answer_reward, judge_reward,
-                    show_reasoning: bool, rounds: int = 2):
+def make_self_judge(cfg, vocab: wj.JudgeVocab, sp: sampling.SamplingParams, check, show_reasoning: bool,
+                    rounds: int = 2):
   """loop(params, prompt_BP, prompt_mask_BP, gold_B) -> dict: the test-time loop (module docstring), greedy
   throughout, reflection prompts showing the full previous response."""
   if rounds < 0:
@@ -109,7 +108,7 @@ def make_self_judge(cfg, vocab: wj.JudgeVocab, sp: sampling.SamplingParams, answ
     B = prompt.shape[0]
     q = wj.question(vocab, prompt, mask)
     ans = _greedy(params, cfg, sp, prompt, mask)
-    right0 = answer_reward(ans.tokens, ans.lengths, ans.finished, gold) > 0.5
+    right0 = check(ans.tokens, ans.lengths, ans.finished, gold) > 0.5
     tokens, lengths, finished = ans.tokens, ans.lengths, ans.finished
     done = jnp.zeros((B,), bool)
     first_yes = None
@@ -117,7 +116,7 @@ def make_self_judge(cfg, vocab: wj.JudgeVocab, sp: sampling.SamplingParams, answ
     for r in range(rounds):
       shown = wj.response(vocab, tokens, lengths, jnp.asarray(show_reasoning))
       jt, jm = wj.render(vocab, wj.POINTWISE, jnp.zeros((B,), jnp.int32), dict(Q=q, R=shown))
-      yes = says(vocab, judge_reward, _greedy(params, cfg, sp, jt, jm), vocab.yes)
+      yes = says(check, _greedy(params, cfg, sp, jt, jm), vocab.yes)
       first_yes = yes if first_yes is None else first_yes
       done = done | yes
       rt, rm = wj.render(vocab, wj.REFLECTION, jnp.zeros((B,), jnp.int32),
@@ -127,14 +126,14 @@ def make_self_judge(cfg, vocab: wj.JudgeVocab, sp: sampling.SamplingParams, answ
       tokens = jnp.where(done[:, None], tokens, new.tokens)
       lengths = jnp.where(done, lengths, new.lengths)
       finished = jnp.where(done, finished, new.finished)
-    right = answer_reward(tokens, lengths, finished, gold) > 0.5
+    right = check(tokens, lengths, finished, gold) > 0.5
     f = lambda x: x.astype(jnp.float32)
     out = dict(accuracy_without=f(right0).mean(), accuracy_with=f(right).mean(),
                fixed=f(~right0 & right).sum(), broken=f(right0 & ~right).sum(), reflections=f(reflections))
     if first_yes is not None:
       out |= dict(judge_accuracy=f(first_yes == right0).mean(),
-                  judge_false_positive_rate=(f(first_yes & ~right0).sum() / jnp.maximum(f(~right0).sum(), 1.0)),
-                  judge_false_negative_rate=(f(~first_yes & right0).sum() / jnp.maximum(f(right0).sum(), 1.0)))
+                  judge_false_positive_rate=wj.mean_where(first_yes, ~right0),
+                  judge_false_negative_rate=wj.mean_where(~first_yes, right0))
     return out
 
   return loop

@@ -3,10 +3,10 @@ the host, identically, for SFT demonstrations), its one output format, and its e
 
 Every judge or reflection response ends like a policy answer, `<answer> \\boxed{ V } </answer> <eos>`, with V the
 verdict (Yes / No, A / B) or, for reflection, the answer (after a solution in the policy's format). The one check is
-`data.grading.make_suffix_reward` with the world's answer template: the response must end with that line holding
-the label, `<answer>` and `\\boxed{` must occur once each (two boxed answers score 0), and the row must have
-stopped. `judge_status` says why a row scored 0: no box, several boxes, or a boxed token outside the kind's
-vocabulary (an unknown letter); the pipeline counts these.
+the world's answer check (`world_data.answer_check`) with the label in the answer slot: the response must end with
+that line holding the label, `<answer>` and `\\boxed{` must occur once each (two boxed answers score 0), and the
+row must have stopped. `judge_status` says why a row scored 0: no box, several boxes, or a boxed token outside the
+kind's vocabulary (an unknown letter); `judge_scorer` reports these per row, so the iteration counts them.
 
 A prompt is a phrasing (`POINTWISE`, `PAIRWISE`, `REFLECTION`, drawn at random per example) with slots: Q the
 question (the policy's prompt without its trailing "Solution :" line), R / RA / RB a response, shown in full (its
@@ -23,10 +23,6 @@ import dataclasses
 import re
 
 import jax.numpy as jnp
-import numpy as np
-
-from sparkjax.data import world_data
-from sparkjax.data.grading import make_suffix_reward
 
 KINDS = ("pointwise", "pairwise", "reflection")
 POINTWISE, PAIRWISE, REFLECTION = 0, 1, 2
@@ -101,10 +97,6 @@ class JudgeVocab:
     return max(sum(self.slot_len(p) if isinstance(p, str) else len(p) for p in ph)
                for kind in self.phrasings for ph in kind)
 
-  def verdicts(self, kind: int) -> tuple[int, int]:
-    """(positive, negative) verdict tokens of a judge kind: (Yes, No) or (A, B)."""
-    return (self.yes, self.no) if kind == POINTWISE else (self.a, self.b)
-
 
 # ---- host ----------------------------------------------------------------------------------------------------------
 
@@ -115,14 +107,6 @@ def render_host(vocab: JudgeVocab, kind: int, phrasing: int, slots: dict) -> lis
   for p in vocab.phrasings[kind][phrasing]:
     out.extend(slots[p] if isinstance(p, str) else p)
   return out
-
-
-def left_pad(ids: list[int], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-  if len(ids) > width:
-    raise ValueError(f"judge prompt of {len(ids)} tokens exceeds the width {width}")
-  tokens = np.full(width, pad, np.int32)
-  tokens[width - len(ids):] = ids
-  return tokens, np.arange(width) >= width - len(ids)
 
 
 def host_question(vocab: JudgeVocab, prompt_ids: list[int]) -> list[int]:
@@ -199,12 +183,6 @@ def render(vocab: JudgeVocab, kind: int, phrasing_E, slots: dict):
   return jnp.take_along_axis(toks, pick, axis=0)[0], jnp.take_along_axis(masks, pick, axis=0)[0]
 
 
-def judge_reward_fn(vocab: JudgeVocab, tok):
-  """reward(tokens_NT, lengths_N, finished_N, labels_N) -> {0, 1}: the world's answer check with the label token in
-  the answer slot (one definition for judge verdicts and reflection answers)."""
-  return make_suffix_reward(*world_data.answer_template(tok, "think"))
-
-
 def judge_status(vocab: JudgeVocab, tokens_NT, lengths_N, finished_N, kind_N):
   """Per row, the index in STATUSES of why a judge response cannot score (0 = readable): unfinished, no
   `\\boxed{`, several, or (judge kinds) a boxed token that is not one of the kind's two verdicts."""
@@ -217,3 +195,22 @@ def judge_status(vocab: JudgeVocab, tokens_NT, lengths_N, finished_N, kind_N):
   neg = jnp.where(kind_N == POINTWISE, vocab.no, vocab.b)
   verdict_ok = (kind_N == REFLECTION) | (after == pos) | (after == neg)
   return jnp.select([~finished_N, boxes == 0, boxes > 1, ~verdict_ok], [4, 1, 2, 3], 0).astype(jnp.int32)
+
+
+def judge_scorer(vocab: JudgeVocab, check):
+  """The judge's reward as a scorer of `rl.iteration` (no parameters): targets_N [N, 2] hold each row's label token
+  and kind. -> {"rewards": check(..., label) [N], and per status of STATUSES[1:] a [N] bool of the rows it names}.
+  `check`: the world's answer check (`world_data.answer_check`)."""
+  def scorer(_, prompt_BP, prompt_mask_BP, out, targets_N):
+    label, kind = targets_N[:, 0], targets_N[:, 1]
+    status = judge_status(vocab, out.tokens, out.lengths, out.finished, kind)
+    return dict(rewards=check(out.tokens, out.lengths, out.finished, label),
+                **{name: status == i for i, name in enumerate(STATUSES[1:], start=1)})
+
+  return scorer
+
+
+def mean_where(x, m):
+  """Mean of x over the rows where m holds (0 when none does)."""
+  m = m.astype(jnp.float32)
+  return (x.astype(jnp.float32) * m).sum() / jnp.maximum(m.sum(), 1.0)

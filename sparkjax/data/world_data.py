@@ -68,6 +68,15 @@ def answer_template(tok, fmt: str) -> tuple[list[int], int, list[int]]:
   return ids, 2, [ids[0], ids[1]]
 
 
+def answer_check(tok, fmt: str = "think"):
+  """The world's exact answer check of format `fmt`: `check(tokens_NT, lengths_N, finished_N, targets_N) -> [N]`
+  in {0, 1} (`data.grading.make_suffix_reward` with `answer_template`): the response ends with the answer line
+  holding the target token, its answer markers occur once, and it stopped."""
+  from sparkjax.data.grading import make_suffix_reward
+
+  return make_suffix_reward(*answer_template(tok, fmt))
+
+
 def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str, process_index: int = 0,
                   process_count: int = 1, p_error: float = 0.0) -> grain.IterDataset:
   """An endless, batched stream of this process's rows of each global batch; kind is "rl" or "sft".

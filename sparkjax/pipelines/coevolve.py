@@ -30,7 +30,6 @@ from sparkjax.coevolve import report as co_report
 from sparkjax.coevolve import world_eval, world_judge, world_recycle, world_sft
 from sparkjax.coevolve.recycle import RecycleConfig
 from sparkjax.data import arith, world_data
-from sparkjax.data.grading import make_suffix_reward
 from sparkjax.pipelines import arith_rl, common, grpo_loop
 from sparkjax.rl import iteration as rl_iteration
 from sparkjax.spark import world_reward as WR
@@ -46,7 +45,7 @@ RUNS = {
     "pairwise_only": (True, dict(judge_kinds=("pairwise",), pointwise_in_mixed=0.0)),
     "no_reflection": (True, dict(max_reflection=0)),
 }
-CURVES = ("reward_mean", "judge_reward", "judge_pointwise_reward", "judge_pairwise_reward", "judge_reflection_reward",
+CURVES = ("reward_mean", "judge_reward_mean", "judge_pointwise_reward", "judge_pairwise_reward", "judge_reflection_reward",
           "judge_update", "judge_no_box", "judge_several_boxes", "judge_not_a_verdict", "cache_count", "kl")
 
 
@@ -108,10 +107,9 @@ def check_config(ch: config_check.Checks):
 
 @dataclasses.dataclass
 class World:
-  """What every run shares: the world, its tokenizer and encoder, the judge's vocabulary, the held-out set and the
-  evaluators."""
+  """What every run shares: the tokenizer, the encoder (and its world), the judge's vocabulary, the held-out set and
+  the evaluators."""
 
-  world: arith.WorldConfig
   tok: object
   encoder: world_data.WorldEncoder
   vocab: world_judge.JudgeVocab
@@ -149,11 +147,9 @@ def run_one(name: str, config, out: Path, w: World, sft_params) -> dict:
   settings = rl_iteration.GRPOSettings.from_config(c, policy_sampling(config, w.encoder))
   judge_settings = dataclasses.replace(settings, sampling=dataclasses.replace(settings.sampling,
                                                                               num_samples=cc.judge_group_size))
-  js = co_iteration.JudgeSettings(enabled, recycle_config(config, name), cc.judge_batch, cc.judge_group_size,
-                                  cc.reset_every)
+  js = co_iteration.JudgeSettings(enabled, recycle_config(config, name), cc.judge_batch, cc.reset_every)
   iterate = co_iteration.make_iteration(w.cfg, settings, judge_settings, js, tx, WR.make_rlvr_reward(w.tok),
-                                        world_judge.judge_reward_fn(w.vocab, w.tok), w.vocab, schedule,
-                                        w.place.state(tx))
+                                        world_data.answer_check(w.tok), w.vocab, schedule, w.place.state(tx))
   # Every run: the same start (SFT params, state seed, so the same first sampling keys) and the same prompts; a
   # replicate > 0 draws other prompts and sampling keys from the same SFT policy.
   rep = cc.get("replicate", 0)
@@ -203,15 +199,13 @@ def setup(config, workdir: Path) -> World:
   vocab = world_judge.JudgeVocab.from_tokenizer(tok, encoder.prompt_len, encoder.solution_len)
   problems = world_data.distinct_problems(cc.eval_seed, cc.eval_size, world, "heldout")
   heldout = place.replicate(world_data.rl_batch(encoder, problems))
-  exact = make_suffix_reward(*world_data.answer_template(tok, "think"))
-  judge_reward = world_judge.judge_reward_fn(vocab, tok)
+  check = world_data.answer_check(tok)
   sp = policy_sampling(config, encoder)
-  w = World(world, tok, encoder, vocab, cfg, place, heldout, problems,
-            arith_rl.make_evaluator(cfg, encoder, exact, heldout, encoder.solution_len, samples=cc.eval_samples),
-            world_eval.make_judge_eval(cfg, vocab, sp, exact, judge_reward, cc.show_reasoning,
-                                       cc.judge_eval_samples, seed=config.seed + 5),
-            world_eval.make_self_judge(cfg, vocab, sp, exact, judge_reward, cc.show_reasoning,
-                                       cc.self_judge_rounds))
+  w = World(tok, encoder, vocab, cfg, place, heldout, problems,
+            arith_rl.make_evaluator(cfg, encoder, check, heldout, encoder.solution_len, samples=cc.eval_samples),
+            world_eval.make_judge_eval(cfg, vocab, sp, check, cc.show_reasoning, cc.judge_eval_samples,
+                                       seed=config.seed + 5),
+            world_eval.make_self_judge(cfg, vocab, sp, check, cc.show_reasoning, cc.self_judge_rounds))
   common.say(f"policy: {cfg.num_params() / 1e6:.2f}M params; judge prompts up to {vocab.width} tokens; "
              f"{len(problems)} held-out problems")
   return w

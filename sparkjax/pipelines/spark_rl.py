@@ -25,7 +25,6 @@ import numpy as np
 
 from sparkjax import config_check, distributed, sampling, sharding
 from sparkjax.data import arith, world_data
-from sparkjax.data.grading import make_suffix_reward
 from sparkjax.models import hf, tokenizer as tokenizer_lib
 from sparkjax.pipelines import arith_rl, common, grpo_loop
 from sparkjax.pipelines.spark_prm import PRM_META
@@ -286,7 +285,7 @@ def stage3(config, workdir: Path, prm_root: Path, cfg, tokenizer, place: common.
   problems = world_data.distinct_problems(c.eval_seed, c.eval_size, world, "heldout")
   eval_batch = place.replicate(world_data.rl_batch(encoder, problems))
   heldout = (eval_batch, problems)
-  exact = make_suffix_reward(*world_data.answer_template(tokenizer, "think"))
+  exact = world_data.answer_check(tokenizer, "think")
   evaluate = arith_rl.make_evaluator(cfg, encoder, exact, eval_batch, encoder.solution_len, samples=c.eval_samples)
   writer = metrics_lib.Writer(out / "tensorboard" / "policy_sft", enabled=distributed.is_main())
   t0 = time.time()

@@ -235,9 +235,8 @@ def format_report(out, tok, spec: rewards.FormatSpec) -> dict:
 def _exact_answer(tok):
   """The world's exact answer check in the RL format."""
   from sparkjax.data import world_data
-  from sparkjax.data.grading import make_suffix_reward
 
-  return make_suffix_reward(*world_data.answer_template(tok, "think"))
+  return world_data.answer_check(tok, "think")
 
 
 def make_rlvr_reward(tok, spec: rewards.FormatSpec | None = None):
