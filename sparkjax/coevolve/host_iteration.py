@@ -23,7 +23,6 @@ import numpy as np
 from sparkjax import distributed, sharding
 from sparkjax.coevolve import judge_format as jf
 from sparkjax.coevolve.recycle import Example, Group, JudgeCache, RecycleConfig, recycle
-from sparkjax.rl import grpo
 from sparkjax.rl import iteration as rl_iteration
 from sparkjax.rl.host_reward import HostRewardIteration
 
@@ -66,12 +65,13 @@ class HostCoevolveIteration:
                encode_judge: Callable[[str], list[int]], decode: Callable[[Sequence[int]], str],
                answers_match: Callable[[Sequence[str], Sequence[str]], np.ndarray], pad_id: int,
                state_sharding=None, examples_file: Path | None = None):
-    mesh = jax.tree.leaves(state_sharding)[0].mesh if state_sharding is not None else None
+    self.mesh = jax.tree.leaves(state_sharding)[0].mesh if state_sharding is not None else None
     self.policy, self.js, self.settings = policy, js, judge_settings
-    self.rollout = rl_iteration.make_rollout(cfg, judge_settings, state_sharding and state_sharding.params, mesh)
-    self.update = rl_iteration.make_update(cfg, judge_settings, tx, schedule, state_sharding)
-    self.rows = sharding.batch_sharding(mesh, 1) if mesh is not None else None
-    self.question, self.gold, self.encode_judge, self.decode = question, gold, encode_judge, decode
+    # The judge's update is the same host-reward GRPO iteration on the judge batch, scored by `score_rows`.
+    self.judge = HostRewardIteration(cfg, judge_settings, tx, schedule, decode, None, state_sharding=state_sharding,
+                                     scorer=self.score_rows)
+    self._examples: list[Example] = []  # the batch the judge update in progress scores
+    self.question, self.gold, self.encode_judge = question, gold, encode_judge
     self.answers_match, self.pad = answers_match, pad_id
     self.examples_file = examples_file
     self.cache = JudgeCache()
@@ -120,28 +120,33 @@ class HostCoevolveIteration:
       tokens[i, W - len(ids):], mask[i, W - len(ids):] = ids, True
     return tokens, mask, cut
 
-  def score(self, texts: list[str], examples: list[Example]) -> tuple[np.ndarray, dict]:
-    """Rewards [J * G_j] of the judge's responses (row j * G_j + g answers example j) and the failure counts."""
-    G = self.settings.group_size
-    rows = [(t, examples[i // G]) for i, t in enumerate(texts)]
-    rewards = np.zeros(len(rows), np.float32)
-    counts = {s: 0 for s in jf.STATUSES}
-    refl = []
-    for i, (text, e) in enumerate(rows):
+  def score(self, texts: list[str], examples: list[Example]) -> tuple[np.ndarray, list[str]]:
+    """(rewards, parse statuses) of judge responses, row i answering examples[i]: the one judge parser; a reflection
+    answer in its one box is compared with the label by `answers_match`."""
+    rewards = np.zeros(len(texts), np.float32)
+    statuses, refl = [], []
+    for i, (text, e) in enumerate(zip(texts, examples)):
       if e.kind == "reflection":
         p = jf.parse_boxed(text)
-        counts[p.status] += 1
+        statuses.append(p.status)
         if p.status == "ok":
           refl.append((i, p.value, e.label))
         continue
-      r, status = jf.judge_reward(text, e.kind, e.label)
-      rewards[i] = r
-      counts[status] += 1
+      rewards[i], status = jf.judge_reward(text, e.kind, e.label)
+      statuses.append(status)
     if refl:
       ok = self.answers_match([f"\\boxed{{{v}}}" for _, v, _ in refl], [g for _, _, g in refl])
       for (i, _, _), m in zip(refl, ok):
         rewards[i] = float(m)
-    return rewards, counts
+    return rewards, statuses
+
+  def score_rows(self, texts: list[str], targets_N: np.ndarray) -> dict:
+    """The judge iteration's scorer: target t names example t of the batch in progress. -> {"rewards": [rows], and
+    per failure status a [rows] flag}; the statuses also add to the run's cumulative counts."""
+    rewards, statuses = self.score(texts, [self._examples[int(t)] for t in targets_N])
+    for st in statuses:
+      self.status_counts[status_key(st)] += 1
+    return dict(rewards=rewards, **{status_key(s): np.array([st == s for st in statuses]) for s in jf.STATUSES[1:]})
 
   def __call__(self, state, ref_params, scorer_params, prompt, prompt_mask, targets):
     state, metrics, roll = self.policy(state, ref_params, scorer_params, prompt, prompt_mask, targets)
@@ -169,39 +174,26 @@ class HostCoevolveIteration:
     return state, metrics, roll
 
   def judge_update(self, state, ref_params, examples: list[Example]) -> tuple[object, dict]:
-    G = self.settings.group_size
+    """The reward-period update on `examples`: the judge's `HostRewardIteration` (G_j samples each, host scoring,
+    advantages, an update of the same state). Its metrics, prefixed `judge_`, plus each kind's reward."""
     tokens, mask, cut = self.encode(examples)
-    if self.rows is not None:
-      put = lambda x: jax.make_array_from_callback(x.shape, sharding.batch_sharding(self.rows.mesh, x.ndim),
+    targets = np.arange(len(examples), dtype=np.int32)
+    if self.mesh is not None:  # every process holds the whole batch; each places the rows its devices own
+      put = lambda x: jax.make_array_from_callback(x.shape, sharding.batch_sharding(self.mesh, x.ndim),
                                                    lambda i: x[i])
-      tokens_d, mask_d = put(tokens), put(mask)
-    else:
-      tokens_d, mask_d = tokens, mask
-    out = self.rollout(state.params, tokens_d, mask_d, state.key())
-    from jax.experimental import multihost_utils
-
-    toks, lens = (np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in (out.tokens, out.lengths))
-    texts = [self.decode(toks[i, :lens[i]].tolist()) for i in range(len(lens))]
-    host_r, counts = self.score(texts, examples)
-    rewards = host_r if self.rows is None else jax.make_array_from_callback(host_r.shape, self.rows,
-                                                                          lambda i: host_r[i])
-    adv = grpo.ADVANTAGES[self.settings.advantage](rewards, G)
-    batch = dict(prompt=tokens_d, prompt_mask=mask_d, tokens=out.tokens, lengths=out.lengths,
-                 old_logp=out.logprobs, advantages=adv)
-    state, m = self.update(state, ref_params, batch)
+      tokens, mask, targets = put(tokens), put(mask), put(targets)
+    self._examples = examples
+    state, m, _ = self.judge(state, ref_params, None, tokens, mask, targets)
     self.judge_updates += 1
-    kinds = np.repeat([e.kind for e in examples], G)
-    jm = {f"judge_{k}": v for k, v in m.items()} | dict(judge_reward=float(host_r.mean()), judge_update=1.0,
-                                                          judge_prompts_cut=float(cut))
+    kinds = np.repeat([e.kind for e in examples], self.settings.group_size)
+    host_r = self.judge.last["rewards"]
+    jm = {f"judge_{k.removeprefix('score_')}": v for k, v in m.items()}
+    jm |= dict(judge_update=1.0, judge_prompts_cut=float(cut))
     for k in jf.KINDS:
       sel = kinds == k
       jm[f"judge_{k}_reward"] = float(host_r[sel].mean()) if sel.any() else 0.0
-    n = max(len(texts), 1)
-    for s, c in counts.items():
-      self.status_counts[status_key(s)] += c
-      if s != "ok":
-        jm[f"judge_{status_key(s)}"] = c / n
     return state, jm
 
   def close(self):
     self.policy.close()
+    self.judge.close()
