@@ -28,10 +28,8 @@ from sparkjax.data import arith, world_data
 def judge_target(tok, verdict: str, working: arith.Solution | None = None) -> list[int]:
   """The judge's output in the world: `<answer> \\boxed{ V } </answer>`, after `working` (a solution's steps in
   `<think>`, the judge solving the problem itself) when given; stop token added by the caller."""
-  text = f"<answer> \\boxed{{ {verdict} }} </answer>"
-  if working is not None:
-    body = " ".join(f"<step> {st.text()} </step>" for st in working.steps)
-    text = f"<think> {body} </think> {text}"
+  text = (arith.render_solution(working.steps, verdict, "think") if working is not None
+          else f"<answer> \\boxed{{ {verdict} }} </answer>")
   return tok.encode(text, add_special_tokens=False)
 
 
@@ -93,8 +91,6 @@ def instruct_dataset(encoder: world_data.WorldEncoder, vocab: wj.JudgeVocab, see
   """An endless, batched SFT stream: row i is a judge / reflection demonstration with probability `share` (drawn
   from the row's own generator, so the stream is index-addressable and resumes exactly), else a solution
   demonstration; every row is W + T tokens wide. Process p reads its block of each global batch."""
-  if global_batch % process_count:
-    raise ValueError(f"global batch {global_batch} does not divide over {process_count} processes")
   if not 0.0 <= share <= 1.0:
     raise ValueError(f"judge demonstration share={share!r}: expected a fraction in [0, 1]")
   width = vocab.width + encoder.solution_len
@@ -111,7 +107,4 @@ def instruct_dataset(encoder: world_data.WorldEncoder, vocab: wj.JudgeVocab, see
       target = tok.encode(arith.demonstration(problem, rng, world, p_error).text("think"), add_special_tokens=False)
     return row(prompt, target + [eos], width, pad)
 
-  local = global_batch // process_count
-  index = lambda j: (j // local) * global_batch + process_index * local + j % local
-  ds = grain.MapDataset.range(0, 2**62).map(lambda j: example(index(int(j))))
-  return ds.batch(local, drop_remainder=True).to_iter_dataset()
+  return world_data.indexed_batches(example, global_batch, process_index, process_count)

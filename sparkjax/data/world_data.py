@@ -84,8 +84,6 @@ def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str
   For SFT, p_error is the fraction of demonstrations written by the corruption model (an imperfect generator), and
   the world's misconceptions are written into every demonstration (`arith.demonstration`).
   """
-  if global_batch % process_count:
-    raise ValueError(f"global batch {global_batch} does not divide over {process_count} processes")
   world = encoder.world
 
   def example(i):
@@ -97,6 +95,14 @@ def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str
 
   if kind not in ("rl", "sft"):
     raise ValueError(f"unknown dataset kind {kind!r}; expected 'rl' or 'sft'")
+  return indexed_batches(example, global_batch, process_index, process_count)
+
+
+def indexed_batches(example, global_batch: int, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """An endless stream of this process's rows of each global batch, row i being `example(i)` (a dict of arrays):
+  index-addressable, so its iterator state is one index (checkpointable, resumed exactly)."""
+  if global_batch % process_count:
+    raise ValueError(f"global batch {global_batch} does not divide over {process_count} processes")
   local = global_batch // process_count
 
   def global_index(j):
@@ -105,7 +111,7 @@ def world_dataset(encoder: WorldEncoder, seed: int, global_batch: int, kind: str
     return (j // local) * global_batch + process_index * local + j % local
 
   ds = grain.MapDataset.range(0, 2**62).map(lambda j: example(global_index(int(j))))
-  return ds.batch(global_batch // process_count, drop_remainder=True).to_iter_dataset()
+  return ds.batch(local, drop_remainder=True).to_iter_dataset()
 
 
 def eval_set(encoder: WorldEncoder, seed: int, n: int) -> dict:
