@@ -14,27 +14,14 @@ recycled examples are written to WORKDIR/judge_examples.jsonl.
 
 from pathlib import Path
 
-from sparkjax.config_args import hf_grpo_config, parse_arg
-from sparkjax.tools import fetch_model
+from sparkjax.config_args import parse_arg, qwen_coder_cpu_grpo
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, iterations=4, model_dir="")
-  c = hf_grpo_config(
-      preset="", model_dir=arg.model_dir,
-      train_path=str(SHARED / "data" / "gsm8k" / "train.jsonl"),
-      eval_path=str(SHARED / "data" / "gsm8k" / "test.jsonl"),
-      max_prompt_len=256, max_new_tokens=192, prompts=4, group_size=4, iterations=arg.iterations, lr=1e-6,
-      mesh=dict(data=-1, fsdp=1, tp=1), dtype="float32", param_dtype="float32", remat=True, eval_size=4,
-      eval_batch=4,
-      # As configs/hf_grpo_prm_cpu.py: 0.63B float32 parameters, Adam moments and the reference take ~10 GB; the
-      # updates run their rows one micro-batch of 2 at a time and the logits 64 positions at a time.
-      microbatches=8, logprob_chunk=64)
-  if not arg.model_dir:
-    c.model.gguf = str(fetch_model.cache_path(MODEL))
+  c = qwen_coder_cpu_grpo(arg.model_dir, arg.iterations, prompts=4, shared=SHARED)  # 16 rollouts, 2 per micro-batch
   # 4 prompts give at most 2 judge + 2 reflection examples per iteration; a batch of 4 judge prompts x 4 samples.
   # Judge prompts show only the final answers (the released code), so they stay short.
   c.coevolve.update(enabled=True, max_judge=2, max_reflection=2, judge_batch=4, judge_group_size=4,

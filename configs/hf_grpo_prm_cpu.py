@@ -16,28 +16,14 @@ score_prm_parsed).
 
 from pathlib import Path
 
-from sparkjax.config_args import SPARK_FORMAT_INSTRUCTION, hf_grpo_config, parse_arg
-from sparkjax.tools import fetch_model
+from sparkjax.config_args import SPARK_FORMAT_INSTRUCTION, parse_arg, qwen_coder_cpu_grpo
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, iterations=3, model_dir="", prm_dir="@policy")
-  c = hf_grpo_config(
-      preset="", model_dir=arg.model_dir,
-      train_path=str(SHARED / "data" / "gsm8k" / "train.jsonl"),
-      eval_path=str(SHARED / "data" / "gsm8k" / "test.jsonl"),
-      max_prompt_len=256, max_new_tokens=192, prompts=2, group_size=4, iterations=arg.iterations, lr=1e-6,
-      mesh=dict(data=-1, fsdp=1, tp=1), dtype="float32", param_dtype="float32", remat=True, eval_size=4,
-      eval_batch=4,
-      # 0.63B float32 parameters, their Adam moments and the reference take ~10 GB; the update runs its 8 rollouts
-      # one at a time and the [rows, positions, 151,936] logits 64 positions at a time (without both, the run
-      # was killed at 24 GB).
-      microbatches=8, logprob_chunk=64)
-  if not arg.model_dir:
-    c.model.gguf = str(fetch_model.cache_path(MODEL))
+  c = qwen_coder_cpu_grpo(arg.model_dir, arg.iterations, prompts=2, shared=SHARED)  # 8 rollouts, one per micro-batch
   c.data.template = SPARK_FORMAT_INSTRUCTION
   # GSM8K solutions take 2-8 steps; the paper's guards are 4-20 steps.
   c.reward.update(kind="prm", prm_dir=arg.prm_dir, prm_format="prm_cot", design="process_outcome", min_steps=2,
