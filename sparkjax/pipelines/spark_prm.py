@@ -253,11 +253,15 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
   vc = verify_lib.VerifyConfig(n=max(c.n_list), temperature=vc_cfg.temperature, top_p=vc_cfg.top_p,
                                max_new_tokens=vc_cfg.max_new_tokens or target_len, style="world",
                                consensus=vd.ConsensusConfig(**c.consensus))
-  t0 = time.time()
-  samples = phase_cache(cache, "verifications", lambda: verify_lib.verify(verifier, items, vc, k_ver))
+
+  def verify_timed():  # the phase keeps its measured time: a resumed Stage I reports it, not the time of a read
+    t0 = time.time()
+    return verify_lib.verify(verifier, items, vc, k_ver), time.time() - t0
+
+  samples, verify_seconds = phase_cache(cache, "verifications", verify_timed)
   rows = len(items) * vc.n
   table = dict(solutions=len(items), with_error=sum(not it.gold_final for it in items), n_max=vc.n,
-               verify_seconds=time.time() - t0, verifications=rows,
+               verify_seconds=verify_seconds, verifications=rows,
                unparseable=sum(not v.ok for row in samples for _, v in row))
   # Single verification: the first sample of each item.
   single = [verify_lib.labels(row[0][1], len(it.steps)) for it, row in zip(items, samples)]
