@@ -20,41 +20,30 @@ from pathlib import Path
 LATE = 3  # evaluations averaged for the "late" figures
 
 
-def with_balanced(h: dict) -> dict:
-  """An evaluation's dict with the judge's balanced accuracy: as measured, or (results written before it was) from
-  the false-positive and false-negative rates when no verdict was unreadable, else NaN."""
-  if "balanced_accuracy" in h:
-    return h
-  exact = h.get("judge_unreadable", 0.0) == 0.0
-  return h | dict(balanced_accuracy=1.0 - (h["false_positive_rate"] + h["false_negative_rate"]) / 2.0 if exact
-                  else float("nan"))
-
-
 def final(report: dict, run: str) -> dict:
   r = report["runs"][run]
-  return with_balanced(r["history"][str(report["iterations"])])
+  return r["history"][str(report["iterations"])]
 
 
 def late(report: dict, run: str) -> dict:
   """Means of every metric over the run's last LATE evaluations (iteration > 0)."""
   hist = report["runs"][run]["history"]
-  evals = [with_balanced(hist[i]) for i in sorted(hist, key=int) if int(i) > 0][-LATE:]
+  evals = [hist[i] for i in sorted(hist, key=int) if int(i) > 0][-LATE:]
   return {k: sum(e[k] for e in evals) / len(evals) for k in evals[0]}
 
 
 def start(report: dict) -> dict:
   s = report["sft"]
-  return with_balanced(dict(greedy_accuracy=s["greedy_accuracy"], accuracy=s["accuracy"], **s["judge"]))
+  return dict(greedy_accuracy=s["greedy_accuracy"], accuracy=s["accuracy"], **s["judge"])
 
 
-def loop_balanced(loop: dict) -> float | None:
-  if "judge_false_negative_rate" not in loop:
-    return None
+def loop_balanced(loop: dict) -> float:
+  """The test-time loop's first-round judge: 1 - (FPR + FNR) / 2 ("not Yes", unreadable included, is its No)."""
   return 1.0 - (loop["judge_false_positive_rate"] + loop["judge_false_negative_rate"]) / 2.0
 
 
 def _pct(x) -> str:
-  return "—" if x is None or x != x else f"{100 * x:.1f}"
+  return "—" if x is None else f"{100 * x:.1f}"
 
 
 def table_markdown(report: dict) -> str:
@@ -120,7 +109,7 @@ def claims(report: dict) -> list[dict]:
     out.append(dict(claim="the judge improves as the policy trains (balanced accuracy up by more than 2 points)",
                     verdict=verdict(holds(end), holds(lt)), evidence=ev))
   models = [("SFT", report["sft"]["self_judge"])] + [(n, r["self_judge"]) for n, r in runs.items()]
-  models = [(n, m, loop_balanced(m)) for n, m in models if loop_balanced(m) is not None]
+  models = [(n, m, loop_balanced(m)) for n, m in models if "judge_false_positive_rate" in m]  # rounds > 0
   if models:
     delta = lambda m: m["accuracy_with"] - m["accuracy_without"]
     weak = [(n, m, b) for n, m, b in models if b < 0.55]  # at chance: the verdict barely depends on the answer
@@ -155,8 +144,7 @@ def plot(report: dict, path: Path) -> Path:
   s0 = start(report)
   for ax, (metric, label) in zip(axes.flat, CURVE_METRICS):
     for name, r in report["runs"].items():
-      pts = [(0, s0[metric])] + sorted((int(i), with_balanced(v)[metric]) for i, v in r["history"].items()
-                                       if int(i) > 0)
+      pts = [(0, s0[metric])] + sorted((int(i), v[metric]) for i, v in r["history"].items() if int(i) > 0)
       ax.plot([i for i, _ in pts], [100 * v for _, v in pts], "-" if r["judge"] else "--", marker=".", label=name)
     ax.set_xlabel("policy iteration")
     ax.set_ylabel(f"{label} (%)")
