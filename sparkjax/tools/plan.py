@@ -228,28 +228,30 @@ def prm_job(c, mesh: sharding.MeshConfig) -> "Job | None":
              prompt_len=int(_field(c, "reward.prm_max_prompt_len")), new_tokens=sp.max_new_tokens)
 
 
+# What sets each batch geometry's shapes, for the errors: (its prompts, its rollouts, their config field, the
+# new-token field).
+_POLICY_FIELDS = ("prompts per iteration (rl.batch_size / rl.group_size)", "rollouts per iteration",
+                  "rl.batch_size", "rl.max_new_tokens")
+_JUDGE_FIELDS = ("judge prompts per update (coevolve.judge_batch)", "judge rollouts per update",
+                 "coevolve.judge_batch x coevolve.judge_group_size", "coevolve.max_new_tokens")
+
+
 def check_job(job: Job, mesh) -> None:
   """Every shape the programs split must divide; raises before anything is compiled."""
   s = job.settings
-  sharding.check_batch(job.prompts, mesh, what="prompts per iteration (rl.batch_size / rl.group_size)")
-  sharding.check_batch(job.rows, mesh, what="rollouts per iteration (rl.batch_size)")
   M = s.num_microbatches
-  if job.rows % M:
-    raise ValueError(f"rl.num_microbatches={M} does not divide rl.batch_size={job.rows}")
-  sharding.check_batch(job.rows // M, mesh, what=f"micro-batch rows (rl.batch_size / rl.num_microbatches={M})")
-  if s.logprob_chunk and s.logprob_chunk < job.new_tokens and job.new_tokens % s.logprob_chunk:
-    raise ValueError(f"rl.logprob_chunk={s.logprob_chunk} does not divide rl.max_new_tokens={job.new_tokens}")
+  for j, (prompts, rollouts, rows, tokens) in ((job, _POLICY_FIELDS), (job.judge, _JUDGE_FIELDS)):
+    if j is None:
+      continue
+    sharding.check_batch(j.prompts, mesh, what=prompts)
+    sharding.check_batch(j.rows, mesh, what=f"{rollouts} ({rows})")
+    if j.rows % M:
+      raise ValueError(f"rl.num_microbatches={M} does not divide {rows}={j.rows}")
+    sharding.check_batch(j.rows // M, mesh, what=f"micro-batch rows ({rows} / rl.num_microbatches={M})")
+    if s.logprob_chunk and s.logprob_chunk < j.new_tokens and j.new_tokens % s.logprob_chunk:
+      raise ValueError(f"rl.logprob_chunk={s.logprob_chunk} does not divide {tokens}={j.new_tokens}")
   if job.prm is not None:
     sharding.check_batch(job.prm.prompts, mesh, what="PRM rows per call (reward.prm_rows)")
-  if job.judge is not None:
-    j = job.judge
-    sharding.check_batch(j.prompts, mesh, what="judge prompts per update (coevolve.judge_batch)")
-    if j.rows % M:
-      raise ValueError(f"rl.num_microbatches={M} does not divide the judge update's {j.rows} rows "
-                       "(coevolve.judge_batch x coevolve.judge_group_size)")
-    sharding.check_batch(j.rows // M, mesh, what=f"judge micro-batch rows (judge rows / rl.num_microbatches={M})")
-    if s.logprob_chunk and s.logprob_chunk < j.new_tokens and j.new_tokens % s.logprob_chunk:
-      raise ValueError(f"rl.logprob_chunk={s.logprob_chunk} does not divide coevolve.max_new_tokens={j.new_tokens}")
 
 
 def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
