@@ -208,6 +208,27 @@ def check_world_model(ch: Checks, path: str = "model"):
     ch.divides(f"{path}.num_kv_heads", f"{path}.num_heads", "grouped-query attention")
 
 
+def check_coevolve(ch: Checks, mesh, path: str = "coevolve"):
+  """A SPARK-CoEvolve block's recycling and judge-update fields (the world's and real text's): caps and mix, the
+  judge batch (split over the data axes, and taking at least what one iteration recycles), its samples."""
+  from sparkjax.coevolve import world_recycle
+  from sparkjax.coevolve.recycle import RecycleConfig
+
+  for k in ("max_judge", "max_reflection", "reset_every"):
+    ch.int_range(f"{path}.{k}", 0)
+  ch.int_range(f"{path}.judge_group_size", 1)
+  for k in ("pointwise_in_mixed", "reflection_full_share", "confirm_share"):
+    ch.float_range(f"{path}.{k}", 0.0, 1.0)
+  ch.boolean(f"{path}.show_reasoning")
+  prompts = prompts_per_iteration(ch)
+  if ch.int_range(f"{path}.judge_batch", 1):
+    ch.rows_over_data(f"{path}.judge_batch", ch.get(f"{path}.judge_batch"), mesh)
+    if prompts:
+      ch.satisfies(f"{path}.judge_batch", lambda b: world_recycle.check_sizes(
+          RecycleConfig(max_judge=ch.get(f"{path}.max_judge"), max_reflection=ch.get(f"{path}.max_reflection")),
+          prompts, b, path))
+
+
 def check_grpo(ch: Checks, path: str = "rl"):
   """The GRPO fields of `config_args.grpo_loss_fields`, the batch/group shape and the iteration count."""
   from sparkjax.rl import grpo

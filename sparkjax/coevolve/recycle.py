@@ -41,6 +41,13 @@ class RecycleConfig:
   # kind; an all-correct or all-wrong group gives nothing when pointwise is not kept.
   judge_kinds: tuple[str, ...] = ("pointwise", "pairwise")
 
+  @classmethod
+  def from_config(cls, c, **overrides) -> "RecycleConfig":
+    """From a config's `coevolve` block (its max_judge, max_reflection, pointwise_in_mixed, show_reasoning,
+    reflection_full_share, confirm_share), with `overrides` (an ablation's) applied."""
+    return cls(**{f: c[f] for f in ("max_judge", "max_reflection", "pointwise_in_mixed", "show_reasoning",
+                                     "reflection_full_share", "confirm_share")} | overrides)
+
   def __post_init__(self):
     bad = [k for k in self.judge_kinds if k not in ("pointwise", "pairwise")]
     if bad or len(set(self.judge_kinds)) != len(self.judge_kinds):

@@ -27,7 +27,7 @@ import jax
 from sparkjax import config_check, distributed, sampling
 from sparkjax.coevolve import iteration as co_iteration
 from sparkjax.coevolve import report as co_report
-from sparkjax.coevolve import world_eval, world_judge, world_recycle, world_sft
+from sparkjax.coevolve import world_eval, world_judge, world_sft
 from sparkjax.coevolve.recycle import RecycleConfig
 from sparkjax.data import arith, world_data
 from sparkjax.pipelines import arith_rl, common, grpo_loop
@@ -47,14 +47,6 @@ RUNS = {
 }
 CURVES = ("reward_mean", "judge_reward_mean", "judge_pointwise_reward", "judge_pairwise_reward", "judge_reflection_reward",
           "judge_update", "judge_no_box", "judge_several_boxes", "judge_not_a_verdict", "cache_count", "kl")
-
-
-def recycle_config(config, run: str) -> RecycleConfig:
-  c = config.coevolve
-  base = RecycleConfig(max_judge=c.max_judge, max_reflection=c.max_reflection,
-                       pointwise_in_mixed=c.pointwise_in_mixed, show_reasoning=c.show_reasoning,
-                       reflection_full_share=c.reflection_full_share, confirm_share=c.confirm_share)
-  return dataclasses.replace(base, **RUNS[run][1])
 
 
 # ---- config ------------------------------------------------------------------------------------------------------
@@ -81,24 +73,14 @@ def check_config(ch: config_check.Checks):
       ch.fail(f"{c}.runs", r, f"expected one of {', '.join(RUNS)}")
   if not runs or len(set(runs)) != len(runs):
     ch.fail(f"{c}.runs", runs, "expected at least one run, none twice")
-  for k in ("max_judge", "max_reflection", "reset_every"):
-    ch.int_range(f"{c}.{k}", 0)
-  for k in ("judge_batch", "judge_group_size", "eval_size", "eval_samples", "judge_eval_samples"):
+  config_check.check_coevolve(ch, mesh, c)
+  for k in ("eval_size", "eval_samples", "judge_eval_samples"):
     ch.int_range(f"{c}.{k}", 1)
   for k in ("rl_seed", "eval_seed"):
     ch.int_range(f"{c}.{k}", 0)
   ch.int_range(f"{c}.self_judge_rounds", 0)
   ch.int_range(f"{c}.replicate", 0, optional=True)
-  ch.boolean(f"{c}.show_reasoning")
   ch.boolean(f"{c}.judge_working", optional=True)
-  for k in ("pointwise_in_mixed", "reflection_full_share", "confirm_share"):
-    ch.float_range(f"{c}.{k}", 0.0, 1.0)
-  if ch.int_range(f"{c}.judge_batch", 1):
-    ch.rows_over_data(f"{c}.judge_batch", ch.get(f"{c}.judge_batch"), mesh)
-    if prompts:
-      ch.satisfies(f"{c}.judge_batch", lambda b: world_recycle.check_sizes(
-          RecycleConfig(max_judge=ch.get(f"{c}.max_judge"), max_reflection=ch.get(f"{c}.max_reflection")),
-          prompts, b, c))
   config_check.check_checkpoint(ch)
 
 
@@ -147,7 +129,7 @@ def run_one(name: str, config, out: Path, w: World, sft_params) -> dict:
   settings = rl_iteration.GRPOSettings.from_config(c, policy_sampling(config, w.encoder))
   judge_settings = dataclasses.replace(settings, sampling=dataclasses.replace(settings.sampling,
                                                                               num_samples=cc.judge_group_size))
-  js = co_iteration.JudgeSettings(enabled, recycle_config(config, name), cc.judge_batch, cc.reset_every)
+  js = co_iteration.JudgeSettings(enabled, RecycleConfig.from_config(cc, **RUNS[name][1]), cc.judge_batch, cc.reset_every)
   iterate = co_iteration.make_iteration(w.cfg, settings, judge_settings, js, tx, WR.make_rlvr_reward(w.tok),
                                         world_data.answer_check(w.tok), w.vocab, schedule, w.place.state(tx))
   # Every run: the same start (SFT params, state seed, so the same first sampling keys) and the same prompts; a

@@ -64,30 +64,16 @@ def check_config(ch: config_check.Checks):
 
 
 def check_coevolve(ch: config_check.Checks, mesh):
-  """The optional `coevolve` block (SPARK-CoEvolve on real text): recycling caps and mix, the judge batch (which
-  must take at least what one iteration recycles), its samples, prompt width and generation budget."""
-  from sparkjax.coevolve import world_recycle
-  from sparkjax.coevolve.recycle import RecycleConfig
-
+  """The optional `coevolve` block (SPARK-CoEvolve on real text): `config_check.check_coevolve`'s fields, the
+  judge prompts' width and generation budget."""
   if not ch.get("coevolve", None) or not ch.boolean("coevolve.enabled") or not ch.get("coevolve.enabled"):
     return  # absent, not a boolean (named), or off
   if ch.get("reward", None) and ch.get("reward.kind", "rlvr") != "rlvr":
     ch.fail("coevolve.enabled", True, "CoEvolve recycles rollouts graded against reference answers: it needs "
             "reward.kind='rlvr'")
-  for k in ("max_judge", "max_reflection", "reset_every"):
-    ch.int_range(f"coevolve.{k}", 0)
-  for k in ("judge_group_size", "max_prompt_len", "max_new_tokens"):
+  config_check.check_coevolve(ch, mesh)
+  for k in ("max_prompt_len", "max_new_tokens"):
     ch.int_range(f"coevolve.{k}", 1)
-  for k in ("pointwise_in_mixed", "reflection_full_share", "confirm_share"):
-    ch.float_range(f"coevolve.{k}", 0.0, 1.0)
-  ch.boolean("coevolve.show_reasoning")
-  prompts = config_check.prompts_per_iteration(ch)
-  if ch.int_range("coevolve.judge_batch", 1):
-    ch.rows_over_data("coevolve.judge_batch", ch.get("coevolve.judge_batch"), mesh)
-    if prompts:
-      ch.satisfies("coevolve.judge_batch", lambda b: world_recycle.check_sizes(
-          RecycleConfig(max_judge=ch.get("coevolve.max_judge"), max_reflection=ch.get("coevolve.max_reflection")),
-          prompts, b))
 
 
 def check_reward(ch: config_check.Checks, mesh):
@@ -210,10 +196,8 @@ def coevolve_iteration(config, workdir: Path, policy: HostRewardIteration, cfg, 
   from sparkjax.coevolve.recycle import RecycleConfig
 
   d = config.data
-  rc = RecycleConfig(max_judge=cc.max_judge, max_reflection=cc.max_reflection,
-                     pointwise_in_mixed=cc.pointwise_in_mixed, show_reasoning=cc.show_reasoning,
-                     reflection_full_share=cc.reflection_full_share, confirm_share=cc.confirm_share)
-  js = HostJudgeSettings(rc, cc.judge_batch, cc.max_prompt_len, cc.reset_every, config.seed)
+  js = HostJudgeSettings(RecycleConfig.from_config(cc), cc.judge_batch, cc.max_prompt_len, cc.reset_every,
+                         config.seed)
   judge_settings = dataclasses.replace(settings, sampling=dataclasses.replace(
       settings.sampling, num_samples=cc.judge_group_size, max_new_tokens=cc.max_new_tokens))
   encode = lambda text: tok_lib.encode_prompt(tokenizer, text, chat=d.chat, system=d.get("system") or None)
@@ -221,8 +205,7 @@ def coevolve_iteration(config, workdir: Path, policy: HostRewardIteration, cfg, 
   common.say(f"coevolve: judge batch {cc.judge_batch} x {cc.judge_group_size} samples, at most {cc.max_judge} "
              f"judge + {cc.max_reflection} reflection examples per iteration")
   return HostCoevolveIteration(policy, cfg, judge_settings, tx, schedule, js, lambda t: records[t].problem,
-                               lambda t: records[t].answer, encode,
-                               lambda ids: tokenizer.decode(ids, skip_special_tokens=True), match, pad,
+                               lambda t: records[t].answer, encode, policy.decode, match, pad,
                                state_sharding=state_sh, examples_file=workdir / "judge_examples.jsonl")
 
 
