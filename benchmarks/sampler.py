@@ -44,6 +44,10 @@ from sparkjax import sampling  # noqa: E402
 from sparkjax.models import hf, transformer  # noqa: E402
 from sparkjax.models.config import ModelConfig  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (cpu_idle, generate_bytes, generate_flops, matmul_flops, num_cores,  # noqa: E402
+                          read_bandwidth, timed)
+
 BATCH, PROMPT, NEW = 16, 32, 64
 WARMUP = 3  # untimed calls per side before timing
 
@@ -58,71 +62,15 @@ SIZES = {
 }
 
 
-def num_cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
-
-
-def cpu_idle(seconds: float = 3.0) -> float | None:
-  """Fraction of CPU time spent idle over the next `seconds` (Linux /proc/stat; None elsewhere)."""
-  def read():
-    with open("/proc/stat") as f:
-      vals = [int(v) for v in f.readline().split()[1:]]
-    return vals[3] + vals[4], sum(vals)  # idle + iowait, total
-  try:
-    idle0, total0 = read()
-    time.sleep(seconds)
-    idle1, total1 = read()
-  except (OSError, ValueError, IndexError):
-    return None
-  return (idle1 - idle0) / max(total1 - total0, 1)
-
-
-def timed(fn) -> float:
-  t0 = time.perf_counter()
-  fn()
-  return time.perf_counter() - t0
-
-
-def matmul_flops(reps: int, n: int = 2048) -> float:
-  """Peak FLOP/s of a jitted float32 [n, n] @ [n, n] in JAX (the compute roofline): the best of several runs."""
-  a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
-  mm = jax.jit(jnp.matmul)
-  jax.block_until_ready(mm(a, b))
-  best = min(timed(lambda: jax.block_until_ready(mm(a, b))) for _ in range(max(reps, 5)))
-  return 2.0 * n ** 3 / best
-
-
-def read_bandwidth(reps: int) -> float:
-  """Bytes/s of a jitted float32 sum over a 256 MB array (DRAM read bandwidth as XLA sees it): the best of several."""
-  a = jnp.ones((64 << 20,), jnp.float32)
-  total = jax.jit(jnp.sum)
-  jax.block_until_ready(total(a))
-  best = min(timed(lambda: jax.block_until_ready(total(a))) for _ in range(max(reps, 5)))
-  return a.nbytes / best
-
-
 def call_bytes(cfg: ModelConfig, B: int = BATCH, P: int = PROMPT, T: int = NEW) -> float:
-  """Bytes one generate call must read at least: the weights once per forward (prefill + T-1 steps), fp32, and
-  the whole KV cache of P+T slots per decode step."""
-  weights = 4.0 * cfg.num_params()
-  cache = 4.0 * 2 * cfg.num_layers * B * cfg.num_kv_heads * (P + T) * cfg.head_dim
-  return T * weights + (T - 1) * cache
+  """Bytes one generate call must read at least (`bench_common.generate_bytes`)."""
+  return generate_bytes(cfg, B, P, T)
 
 
 def call_flops(cfg: ModelConfig, B: int = BATCH, P: int = PROMPT, T: int = NEW) -> float:
-  """Model FLOPs of one generate call: prefill of P tokens (lm_head on the last only) + T-1 decode steps.
-
-  A token at 0-based position p attends to p + 1 keys (`cfg.flops_per_token(context)` counts 4 * heads * head_dim
-  FLOPs per key and layer for q.k and p.v); the lm_head costs 2 * vocab * hidden per token that is unembedded.
-  """
-  lm_head = 2.0 * cfg.vocab_size * cfg.hidden_size
-  prefill = sum(cfg.flops_per_token(p + 1) - lm_head for p in range(P)) + lm_head
-  decode = sum(cfg.flops_per_token(p + 1) for p in range(P, P + T - 1))
-  return B * (prefill + decode)
+  """Model FLOPs of one generate call: prefill of P tokens (lm_head on the last only) + T-1 decode steps
+  (`bench_common.generate_flops` with one sample per prompt)."""
+  return generate_flops(cfg, B, 1, P, T)
 
 
 def sparkjax_runner(params, cfg, prompt_BP):
