@@ -1,6 +1,6 @@
 """Where each sparkjax workload of benchmarks/peers.py spends its time: every part jitted and timed alone.
 
-  python benchmarks/breakdown.py                       # all workloads, ~3 min on a 2-core CPU
+  python benchmarks/breakdown.py                       # all workloads, ~5 min on a 2-core CPU
   python benchmarks/breakdown.py --workloads grpo_large --reps 5
 
 Parts (median of --reps calls after two untimed ones, each `block_until_ready`):
