@@ -2,7 +2,7 @@
 workload: the same shapes, the same weights, the same sampling settings, one run, ratios.
 
   bash benchmarks/peers/setup_tunix.sh                  # once: Tunix in its own virtualenv (no torch)
-  python benchmarks/peers.py                            # every workload, ~10 min on a 2-core CPU
+  python benchmarks/peers.py                            # every workload, ~6 min on a 2-core CPU
   python benchmarks/peers.py --workloads sampler_tiny,grpo_large --reps 3 --json /tmp/peers.json
 
 Workloads (random weights, float32 everywhere, no row can stop early):
