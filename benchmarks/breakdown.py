@@ -47,6 +47,15 @@ def median_time(fn, reps: int) -> float:
   return statistics.median(timed(lambda: jax.block_until_ready(fn())) for _ in range(reps))
 
 
+def optimizer_step(tx):
+  """One jitted optimizer update alone: (params, grads, opt_state) -> (params, opt_state)."""
+  def step(params, grads, opt_state):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return jax.jit(step)
+
+
 def sampler_parts(w, cfg, params, prompts, reps):
   P, T, n = w["prompt_len"], w["new_tokens"], w.get("n", 1)
   x = jnp.asarray(prompts)
@@ -97,7 +106,7 @@ def grpo_parts(w, cfg, params, prompts, reps):
   grad, fwd = jax.jit(jax.value_and_grad(loss)), jax.jit(loss)
   _, g = grad(params)
   opt_state = tx.init(params)
-  apply = jax.jit(lambda p, g, s: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))
+  apply = optimizer_step(tx)
   update = jax.jit(functools.partial(rl.policy_update, cfg=cfg, settings=settings, tx=tx))
   fresh = state_lib.create_state(params, tx, 0)
   state = [state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0)]
@@ -128,7 +137,7 @@ def sft_parts(w, cfg, params, tokens, reps):
   grad, fwd = jax.jit(jax.value_and_grad(loss)), jax.jit(loss)
   _, g = grad(params)
   opt_state = tx.init(params)
-  apply = jax.jit(lambda p, g, s: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))
+  apply = optimizer_step(tx)
   step = sft.make_sft_step(cfg, tx, schedule)
   state = [state_lib.create_state(jax.tree.map(jnp.copy, params), tx, 0)]
 

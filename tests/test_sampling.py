@@ -145,3 +145,30 @@ def test_prompt_longer_than_cache(params):
     sampling.generate(params, CFG, [list(range(30))], jax.random.key(0), SamplingParams(8), max_len=32)
   with pytest.raises(ValueError, match="empty prompt"):
     sampling.generate(params, CFG, [[1], []], jax.random.key(0), SamplingParams(8))
+
+
+def test_filter_thresholds_match_a_sort():
+  """The bisection thresholds against a float64 sort: top-k keeps exactly the values >= the k-th largest (ties
+  included), top-p the smallest sorted prefix holding >= top_p of the mass (with every tie of its last value)."""
+  rng = np.random.default_rng(0)
+  logits = (rng.normal(size=(12, 300)) * 4).astype(np.float32)
+  logits[0, :7] = logits[0, 7]  # ties at the threshold
+  logits[1, :150] = -1e30  # a row already masked to half its values
+  logits[2] = np.round(logits[2])  # many ties
+  for k in (1, 5, 40, 299):
+    got = np.asarray(sampling.filter_logits(jnp.asarray(logits), top_k=k)) > np.finfo(np.float32).min
+    kth = np.sort(logits, -1)[:, ::-1][:, k - 1:k]
+    np.testing.assert_array_equal(got, logits >= kth)
+  x = logits.astype(np.float64)
+  for p in (0.1, 0.5, 0.9, 0.99):
+    got = np.asarray(sampling.filter_logits(jnp.asarray(logits), top_p=p)) > np.finfo(np.float32).min
+    s = np.sort(x, -1)[:, ::-1]
+    probs = np.exp(s - s[:, :1])
+    probs /= probs.sum(-1, keepdims=True)
+    before = np.cumsum(probs, -1) - probs
+    last = np.array([row[np.nonzero(b < p)[0].max()] for row, b in zip(s, before)])[:, None]
+    # A float32 sum of 300 probabilities is within 300 * 2^-24 < 1e-4 of the float64 one: only rows whose nucleus
+    # boundary is decided by more than that are compared exactly.
+    clear = np.abs(before - p).min(-1) > 1e-4
+    assert clear.sum() >= 6  # the comparison covers most rows
+    np.testing.assert_array_equal(got[clear], (x >= last)[clear])
