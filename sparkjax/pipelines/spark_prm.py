@@ -254,11 +254,9 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
                                max_new_tokens=vc_cfg.max_new_tokens or target_len, style="world",
                                consensus=vd.ConsensusConfig(**c.consensus))
 
-  def verify_timed():  # the phase keeps its measured time: a resumed Stage I reports it, not the time of a read
-    t0 = time.time()
-    return verify_lib.verify(verifier, items, vc, k_ver), time.time() - t0
-
-  samples, verify_seconds = phase_cache(cache, "verifications", verify_timed)
+  variants, parts = verify_lib.stage1_variants(verifier, items, vc, (k_ver, k_ref, k_mc1, k_mc2), c.n_list[-1],
+                                               lambda name, fn: phase_cache(cache, name, fn))
+  samples, verify_seconds = parts["samples"], parts["verify_seconds"]
   rows = len(items) * vc.n
   table = dict(solutions=len(items), with_error=sum(not it.gold_final for it in items), n_max=vc.n,
                verify_seconds=verify_seconds, verifications=rows,
@@ -275,24 +273,13 @@ def stage1(config, workdir: Path, generator, verifier, key, target_len: int) -> 
     table[f"outcome_consensus@{n}"] = quality(
         items, [verify_lib.labels(samples[i][o.chosen][1], len(it.steps))[0] if o.chosen is not None else None
                 for i, (it, o) in enumerate(zip(items, cons["_outcome"]))], [o.final for o in cons["_outcome"]])
-  variants = {k: v for k, v in cons.items() if not k.startswith("_")}
   # Meta-critique of a single verification, and of the outcome-consensus verification.
-  oc = cons["_outcome"]
-  base_texts = [row[0][0] for row in samples]
-  outcome_texts = [samples[i][o.chosen][0] if o.chosen is not None else samples[i][0][0] for i, o in enumerate(oc)]
-  for name, texts, k in (("meta_critique_base", base_texts, k_mc1), ("meta_critique_outcome", outcome_texts, k_mc2)):
-    merged = phase_cache(cache, name, lambda: verify_lib.meta_critique(verifier, items, texts, vc, k))
+  for name, merged in parts["merged"].items():
     labels = [verify_lib.labels(v, len(it.steps)) for it, (_, v, _) in zip(items, merged)]
     table[name] = quality(items, [s for s, _ in labels], [f for _, f in labels])
-    variants[name] = [r for r in (verify_lib.record(it, name, s, f, m) for it, (s, f), (m, _, _) in
-                                  zip(items, labels, merged)) if r is not None]
   # Reference-guided baseline: one verification whose prompt holds the expected answer.
-  ref = phase_cache(cache, "reference_guided", lambda: verify_lib.verify(verifier, items, vc, k_ref, reference=True,
-                                                                          n=1))
-  labels = [verify_lib.labels(row[0][1], len(it.steps)) for it, row in zip(items, ref)]
+  labels = [verify_lib.labels(row[0][1], len(it.steps)) for it, row in zip(items, parts["reference"])]
   table["reference_guided"] = quality(items, [s for s, _ in labels], [f for _, f in labels])
-  variants["reference_guided"] = [r for r in (verify_lib.record(it, "reference_guided", s, f, row[0][0]) for
-                                              it, (s, f), row in zip(items, labels, ref)) if r is not None]
   variants["gold"] = gold_records(items, parsed)
   # Solutions whose labels could not be formed (no parseable vote / merged output) are counted, not hidden.
   table["records"] = {k: len(v) for k, v in variants.items()}

@@ -19,8 +19,9 @@ unparseable; in the arithmetic world also gold_verdicts / gold_final (exact labe
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -144,6 +145,49 @@ def balance(items: Sequence[Item], problem_of: Sequence[int], per_side: int, rng
       keep = rng.permutation(len(group))[:per_side]
       out += [group[i] for i in sorted(keep)]
   return out
+
+
+def _no_cache(name: str, fn):
+  return fn()
+
+
+def stage1_variants(verifier: TextModel, items: Sequence[Item], vc: VerifyConfig, keys, n: int | None = None,
+                    phase: Callable[[str, Callable[[], Any]], Any] = _no_cache) -> tuple[dict[str, list], dict]:
+  """Stage I after generation: N verifications per item, consensus over the first n (default vc.n), meta-critique
+  of a single and of the outcome-consensus verification, and the reference-guided baseline.
+
+  Args:
+    keys: four PRNG keys (verification, reference-guided, meta-critique base, meta-critique outcome).
+    phase: phase(name, fn) -> fn()'s result, possibly kept from an earlier run (e.g. `spark_prm.phase_cache`);
+      the phases are "verifications" (with their seconds), "meta_critique_base", "meta_critique_outcome",
+      "reference_guided".
+
+  Returns:
+    (records by variant (`VARIANTS`), parts) with parts = samples ([item][sample] (text, parsed)), verify_seconds,
+    consensus (`consistency_records` at n, with "_step" / "_outcome"), merged ({meta-critique variant: per item
+    (merged text, parsed, critique)}), reference ([item][1] (text, parsed)).
+  """
+  k_ver, k_ref, k_mc1, k_mc2 = keys
+
+  def verify_timed():  # the phase keeps its measured time: a resumed Stage I reports it, not the time of a read
+    t0 = time.time()
+    return verify(verifier, items, vc, k_ver), time.time() - t0
+
+  samples, verify_seconds = phase("verifications", verify_timed)
+  cons = consistency_records(items, samples, vc.consensus, n)
+  variants = {k: v for k, v in cons.items() if not k.startswith("_")}
+  base_texts = [row[0][0] for row in samples]
+  outcome_texts = [samples[i][o.chosen][0] if o.chosen is not None else samples[i][0][0]
+                   for i, o in enumerate(cons["_outcome"])]
+  merged = {}
+  for name, texts, k in (("meta_critique_base", base_texts, k_mc1), ("meta_critique_outcome", outcome_texts, k_mc2)):
+    merged[name] = phase(name, lambda: meta_critique(verifier, items, texts, vc, k))
+    variants[name] = [r for r in (record(it, name, *labels(v, len(it.steps)), m) for it, (m, v, _) in
+                                  zip(items, merged[name])) if r is not None]
+  ref = phase("reference_guided", lambda: verify(verifier, items, vc, k_ref, reference=True, n=1))
+  variants["reference_guided"] = [r for r in (record(it, "reference_guided", *labels(row[0][1], len(it.steps)),
+                                                     row[0][0]) for it, row in zip(items, ref)) if r is not None]
+  return variants, dict(samples=samples, verify_seconds=verify_seconds, consensus=cons, merged=merged, reference=ref)
 
 
 def write_variants(out_dir: Path, variants: dict[str, list[dict]]) -> dict[str, Path]:
