@@ -114,6 +114,32 @@ class TextModel:
     self.generator = Generator(cfg, pad_id, rows=rows, param_shardings=param_shardings, mesh=mesh)
     self.encode, self.decode, self.stop, self.pad = encode, decode, stop_tokens, pad_id
 
+  @classmethod
+  def from_dir(cls, model_dir, rows: int, *, chat: bool, params=None, cfg=None, mesh=None) -> "TextModel":
+    """A Hugging Face directory's model and tokenizer as a TextModel: prompts wrapped in the tokenizer's chat template
+    (assistant turn opened) when `chat`, else encoded without special tokens; completions decoded without special
+    tokens; stop at the tokenizer's and the generation config's eos ids. `params` (and `cfg`): weights already
+    loaded (else read from the directory, placed on `mesh` when given)."""
+    from sparkjax import sharding
+    from sparkjax.models import hf
+    from sparkjax.models import tokenizer as tok_lib
+
+    cfg = cfg or hf.load_config(model_dir)
+    tok = tok_lib.load_tokenizer(model_dir)
+    if chat and not tok.chat_template:
+      raise ValueError(f"{model_dir}: the tokenizer has no chat template; the prompts are chat messages")
+    shardings = sharding.param_shardings(cfg, mesh) if mesh is not None else None
+    if params is None:
+      params, cfg = hf.load_params(model_dir, cfg, shardings)
+    stop = tok_lib.stop_tokens(tok, model_dir)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
+    encode = ((lambda t: tok_lib.encode_prompt(tok, t, chat=True)) if chat else
+              (lambda t: tok.encode(t, add_special_tokens=False)))
+    model = cls(params, cfg, encode, lambda ids: tok.decode(ids, skip_special_tokens=True), stop, pad, rows,
+                shardings, mesh)
+    model.tokenizer = tok
+    return model
+
   def sample_texts(self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, key,
                    top_p: float = 1.0, desc: str | None = None) -> list[list[str]]:
     """n completions of each prompt: [len(prompts)][n] texts (see `Generator.generate`)."""

@@ -96,7 +96,6 @@ def main(argv=None) -> int:
   from sparkjax.data import math as math_data
   from sparkjax.data.host_grading import GraderPool
   from sparkjax.models import hf
-  from sparkjax.models import tokenizer as tok_lib
 
   ap = argparse.ArgumentParser(prog="python -m sparkjax.coevolve.self_judge", description=main.__doc__.split("\n")[0])
   ap.add_argument("--model", required=True, help="a Hugging Face model directory")
@@ -111,18 +110,13 @@ def main(argv=None) -> int:
   try:
     out = cli.check_output_dir(args.out, "--out")
     cfg = hf.load_config(args.model)
-    tok = tok_lib.load_tokenizer(args.model)
     data = math_data.load_math(args.data, split=args.split, limit=args.limit)
     if not data.records:
       raise ValueError(f"{args.data}: no readable problem ({data.report()})")
+    model = text_generation.TextModel.from_dir(args.model, args.rows, chat=True, cfg=cfg)
   except (ValueError, OSError) as e:
     print(f"self_judge: error: {cli.one_line(e)}", file=sys.stderr)
     return cli.EXIT_USER_ERROR
-  params, cfg = hf.load_params(args.model, cfg)
-  stop = tok_lib.stop_tokens(tok, args.model)
-  pad = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
-  model = text_generation.TextModel(params, cfg, lambda t: tok_lib.encode_prompt(tok, t, chat=True),
-                                    lambda ids: tok.decode(ids, skip_special_tokens=True), stop, pad, args.rows)
   questions = [r.problem for r in data.records]
   traces = self_judge(greedy_generator(model, args.max_new_tokens), questions,
                       lambda q: QWEN_MATH_INSTRUCTION.format(problem=q), args.rounds)

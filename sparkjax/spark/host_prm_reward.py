@@ -18,10 +18,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from sparkjax import sharding, text_generation
+from sparkjax import text_generation
 from sparkjax.data.host_grading import last_boxed
-from sparkjax.models import hf
-from sparkjax.models import tokenizer as tok_lib
 from sparkjax.spark import prm_examples, prm_scorers, rewards, world_reward
 
 HOST_DESIGNS = tuple(rewards.SCALAR_REWARDS)
@@ -51,17 +49,7 @@ class HostPRMScorer:
     if design not in HOST_DESIGNS:
       raise ValueError(f"reward design {design!r} is not available on the host path; host designs: "
                        f"{', '.join(HOST_DESIGNS)} (the token-level designs run in the world's device path)")
-    prm_dir = Path(prm_dir)
-    cfg = hf.load_config(prm_dir)
-    tok = tok_lib.load_tokenizer(prm_dir)
-    shardings = sharding.param_shardings(cfg, mesh) if mesh is not None else None
-    if params is None:
-      params, cfg = hf.load_params(prm_dir, cfg, shardings)
-    stop = tok_lib.stop_tokens(tok, prm_dir)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
-    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)
-    self.model = text_generation.TextModel(params, cfg, lambda t: tok.encode(t, add_special_tokens=False), decode,
-                                           stop, pad, rows, shardings, mesh)
+    self.model = text_generation.TextModel.from_dir(prm_dir, rows, chat=False, params=params, mesh=mesh)
     self.fmt, self.design, self.spec, self.max_new_tokens = fmt, design, spec, max_new_tokens
 
   def __call__(self, texts: Sequence[str], problems: Sequence[str]) -> dict:
