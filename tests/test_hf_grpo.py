@@ -223,3 +223,20 @@ def test_coevolve_on_real_text_recycles_updates_and_resumes(tiny_dir, sevens, tm
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   assert (tmp_path / "resumed" / "judge_examples.jsonl").read_text() == \
       (tmp_path / "straight" / "judge_examples.jsonl").read_text()
+
+
+@pytest.mark.parametrize("name", ["hf_grpo_cpu", "hf_grpo_qwen_cpu", "hf_grpo_prm_cpu", "coevolve_cpu"])
+def test_real_model_cpu_configs_pass_their_checks(name, tiny_dir):
+  """The CPU configs of real models are valid as written (with a model directory in place of the cached GGUF, and
+  the batch on one data shard: their default mesh spreads it over the machine's one CPU device)."""
+  from sparkjax import config_check
+  from sparkjax.pipelines import hf_grpo
+
+  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config(f"model_dir={tiny_dir}")
+  c.mesh.update(dict(data=1, fsdp=1, tp=8))
+  checks = config_check.Checks(c)
+  hf_grpo.check_config(checks)
+  assert checks.errors == []

@@ -1,0 +1,28 @@
+"""CPU debug config of RLVR GRPO (pipeline `hf_grpo`) with a real Qwen2.5 policy: Qwen2.5-Coder-0.5B-Instruct on
+GSM8K with the math-verify reward, 4 prompts x 4 samples per iteration, held-out greedy accuracy on the first 16
+GSM8K test problems before the first iteration and after the last.
+
+Command:   python -m sparkjax.tools.fetch_model qwen2.5-coder-0.5b-instruct --gguf-only   # once: the cached GGUF
+           python -m sparkjax.main --config=configs/hf_grpo_qwen_cpu.py --workdir=/tmp/hf_grpo_qwen_cpu
+Hardware:  any CPU with ~20 GB of memory; see README "GRPO of Hugging Face models" for what a run on this project's
+           2-core machine measured.
+Args:      iterations=N (default 10), model_dir=PATH (a HF directory instead of the cached GGUF).
+
+A check that the real-model RLVR path runs and gets a reward signal (loading, chat-template prompts, sampling,
+math-verify, the update, checkpoints every iteration, resume, export); 10 iterations of 16 rollouts at lr 1e-6 are
+far too few to expect the held-out accuracy to move.
+"""
+
+from pathlib import Path
+
+from sparkjax.config_args import parse_arg, qwen_coder_cpu_grpo
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, iterations=10, model_dir="")
+  c = qwen_coder_cpu_grpo(arg.model_dir, arg.iterations, prompts=4, shared=SHARED)  # 16 rollouts, 2 per micro-batch
+  c.eval.update(size=16, batch_size=8, every=arg.iterations)
+  c.checkpoint.every = 1
+  return c
