@@ -135,10 +135,8 @@ class TextModel:
     pad = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
     encode = ((lambda t: tok_lib.encode_prompt(tok, t, chat=True)) if chat else
               (lambda t: tok.encode(t, add_special_tokens=False)))
-    model = cls(params, cfg, encode, lambda ids: tok.decode(ids, skip_special_tokens=True), stop, pad, rows,
-                shardings, mesh)
-    model.tokenizer = tok
-    return model
+    return cls(params, cfg, encode, lambda ids: tok.decode(ids, skip_special_tokens=True), stop, pad, rows, shardings,
+               mesh)
 
   def sample_texts(self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, key,
                    top_p: float = 1.0, desc: str | None = None) -> list[list[str]]:

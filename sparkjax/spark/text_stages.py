@@ -177,10 +177,10 @@ def stage2(base_dir: str, records_path: Path, fmt: str, steps: int, lr: float, b
   from sparkjax.pipelines.spark_prm import save_prm
   from sparkjax.spark import prm_examples, prm_train
 
-  prm_dir = out / "prm"
-  if (prm_dir / "config.json").is_file():
+  prm_dir, done = out / "prm", out / "stage2_train.json"
+  if done.is_file() and (prm_dir / "config.json").is_file():
     print(f"stage II: found {prm_dir}, not training again", file=sys.stderr)
-    return json.loads((out / "stage2_train.json").read_text())
+    return json.loads(done.read_text())
   records, bad = prm_examples.load_records(records_path)
   if not records:
     raise ValueError(f"{records_path}: no usable Stage-I record ({len(bad)} invalid)")
@@ -195,7 +195,7 @@ def stage2(base_dir: str, records_path: Path, fmt: str, steps: int, lr: float, b
   res = dict(records=len(records), invalid=len(bad), encoded=len(examples["rows"]), skipped=len(examples["skipped"]),
              steps=steps, lr=lr, batch_size=batch_size, train_seconds=time.time() - t0,
              loss=[h["loss"] for h in history], prm_dir=str(prm_dir))
-  (out / "stage2_train.json").write_text(json.dumps(res, indent=2))
+  done.write_text(json.dumps(res, indent=2))
   return res
 
 
