@@ -145,6 +145,10 @@ def test_llm_prompts():
   assert v.endswith("\n\nProblem: What is 2+2?\n\nStudent Solution:\nStep 1: 2+2=4\n\nLet's verify step by step.\n")
   assert '"The step is correct." or "The step is incorrect."' in v and '"Is the answer correct (Yes/No)? X"' in v
   assert "Expected answer" not in v and "reference" not in v
+  # The one-shot example in the instructions is itself a well-formed verification (second step wrong, then No).
+  assert V.LLM_FORMAT_EXAMPLE in v
+  example = V.parse_verification(V.LLM_FORMAT_EXAMPLE.split(":\n", 1)[1], 3)
+  assert (example.status, example.steps, example.final) == ("ok", (True, False, False), False)
   r = V.verifier_prompt("What is 2+2?", ["2+2=4"], "4", style="llm")
   assert r.endswith("Step 1: 2+2=4\n\nExpected answer: 4\n\nLet's verify step by step.\n") and "reference" in r
   assert V.orm_prompt("Q", ["a", "b"], style="llm") == (
