@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sparkjax.eval import processbench as pb
+from sparkjax.spark import prm_scorers
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "processbench"
@@ -343,4 +344,8 @@ def test_prm_critic_formats_steps_for_the_prm(smollm2_dir):
   assert len(preds) == 2
   for p, r in zip(preds, recs):
     assert (p.status == "ok" and -1 <= p.index < len(r.steps)) or (p.status == "unparseable" and p.index is None)
+    # The PRM's own output is kept for predictions.jsonl, and the verdicts read from it are the prediction's.
+    assert isinstance(p.finished, bool) and isinstance(p.raw, str)
+    assert prm_scorers.first_error_predictions(prm_scorers.score_texts([p.raw], [len(r.steps)]), [len(r.steps)]) == [
+        p.index]
   assert critic.config["format"] == "prm"

@@ -521,11 +521,14 @@ class PRMCritic:
     from sparkjax.spark import prm_scorers
 
     recs = [dict(id=r.id, problem=r.problem, steps=list(r.steps)) for r in records]  # the answer is in the last step
+    outputs: list[tuple[str, bool]] = []  # stays empty where verdicts are read on device (world tokenizer)
     preds, _ = prm_scorers.predict(self.params, self.cfg, self.tokenizer, self.fmt, recs,
-                                   max_new_tokens=self.max_new_tokens, batch=len(recs), style="llm")
-    return [Prediction(p, status="ok" if p is not None else "unparseable",
-                       reason="" if p is not None else "the PRM's verdicts could not be read for every step")
-            for p in preds]
+                                   max_new_tokens=self.max_new_tokens, batch=len(recs), style="llm", outputs=outputs)
+    outputs = outputs or [("", None)] * len(preds)
+    return [Prediction(p, raw=text, status="ok" if p is not None else "unparseable",
+                       reason="" if p is not None else "the PRM's verdicts could not be read for every step",
+                       finished=finished)
+            for p, (text, finished) in zip(preds, outputs)]
 
 
 # -------------------------------------------------------------------------------------------------------------- CLI

@@ -260,7 +260,8 @@ def _batches(arrays: dict, batch: int):
 
 def predict(params, cfg: ModelConfig, tokenizer, fmt: str, records: Sequence[dict], *, max_new_tokens: int = 128,
             batch: int = 32, style: str = "world", max_steps: int | None = None, sep: str | int = "\n",
-            label_ids: tuple[int, int] | None = None, threshold: float = 0.5) -> tuple[list, list]:
+            label_ids: tuple[int, int] | None = None, threshold: float = 0.5,
+            outputs: list | None = None) -> tuple[list, list]:
   """Host convenience for evaluation: ProcessBench predictions and final verdicts of a trained PRM.
 
   Generative formats decode greedily; with a tokenizer whose verdicts are single tokens (the world's) the output is
@@ -273,6 +274,8 @@ def predict(params, cfg: ModelConfig, tokenizer, fmt: str, records: Sequence[dic
     max_new_tokens: the generation budget of generative formats.
     batch: rows per scorer call (every call has this shape).
     max_steps: step slots; default the most steps of any record.
+    outputs: when given, each record's (decoded output, finished) is appended to it where the output is decoded on
+      the host (a generative format whose verdicts span several tokens; a real tokenizer), for logs.
 
   Returns:
     (first-error predictions as in `first_error_predictions`, final verdicts True / False / None = not read).
@@ -312,6 +315,8 @@ def predict(params, cfg: ModelConfig, tokenizer, fmt: str, records: Sequence[dic
         out = jax.device_get(sampler(params, b["prompt"], b["prompt_mask"], jax.random.key(0)))
         keep = min(batch, len(records) - start)
         texts = decode_outputs(tokenizer, dict(tokens=out.tokens[:keep], lengths=out.lengths[:keep]))
+        if outputs is not None:
+          outputs.extend(zip(texts, np.asarray(out.finished[:keep]).tolist()))
         scores = score_texts(texts, n_steps[start:start + keep], fmt=fmt, max_steps=S)
         parts.append({k: v for k, v in scores.items() if k != "status"})
   scores = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
