@@ -38,6 +38,10 @@ class SamplingParams:
   # over PER_LAYER_MIN_BYTES (see `sample_with_keys`). An explicit value lets ahead-of-time compilation for another
   # platform pick its own path.
   per_layer_weights: bool | None = None
+  # Prompts longer than this are prefilled this many tokens at a time (0 = in one pass): a one-pass prefill of B
+  # prompts of P tokens holds [B, heads, P, P + max_new_tokens] attention scores per layer, which killed a Stage I on
+  # real text at 24 GB (20 meta-critique prompts bucketed to 2,048 tokens, a 1.5B model; README).
+  prefill_chunk: int = 512
 
   def __post_init__(self):
     if not 0.0 < self.top_p <= 1.0:  # also false for NaN
@@ -50,6 +54,8 @@ class SamplingParams:
       raise ValueError(f"max_new_tokens={self.max_new_tokens}: expected >= 1")
     if self.num_samples < 1:
       raise ValueError(f"num_samples={self.num_samples}: expected >= 1")
+    if self.prefill_chunk < 0:
+      raise ValueError(f"prefill_chunk={self.prefill_chunk}: expected >= 0 (0 = one pass)")
 
 
 class SampleOutput(NamedTuple):
@@ -185,6 +191,26 @@ def _step_logits(params, cfg: ModelConfig, hidden_B1D):
 PER_LAYER_MIN_BYTES = 256 << 20
 
 
+def _prefill(params, cfg: ModelConfig, prompt_BP, positions_BP, mask_BP, cache, chunk: int):
+  """The prompts written into the cache: (hidden_BTD of the last chunk, cache). Prompts of P > chunk tokens (P a
+  multiple of chunk) go `chunk` tokens at a time in a loop, each chunk attending to the slots before it, so the
+  attention scores held are [B, heads, chunk, S] rather than [B, heads, P, S]; other lengths go in one pass."""
+  P = prompt_BP.shape[1]
+  if not chunk or P <= chunk or P % chunk:
+    return transformer.decode(params, cfg, prompt_BP, positions_BP, mask_BP, cache, 0)
+  piece = lambda a, i: jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk, axis=1)
+
+  def body(i, cache):
+    _, cache = transformer.decode(params, cfg, piece(prompt_BP, i), piece(positions_BP, i), piece(mask_BP, i), cache,
+                                  i * chunk)
+    return cache
+
+  last = P // chunk - 1
+  cache = jax.lax.fori_loop(0, last, body, cache)
+  return transformer.decode(params, cfg, piece(prompt_BP, last), piece(positions_BP, last), piece(mask_BP, last),
+                            cache, last * chunk)
+
+
 def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelConfig, sp: SamplingParams,
                      cache_len: int | None = None) -> SampleOutput:
   """Samples G = keys_BG.shape[1] completions per prompt (pure; jit with cfg, sp, cache_len static).
@@ -201,7 +227,7 @@ def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelCo
   # Prefill once per prompt, then give each of the G samples its own copy of the cache row.
   cache = transformer.init_cache(cfg, B, S)
   positions = transformer.positions_from_mask(prompt_mask_BP)
-  hidden, cache = transformer.decode(params, cfg, prompt_BP, positions, prompt_mask_BP, cache, 0)
+  hidden, cache = _prefill(params, cfg, prompt_BP, positions, prompt_mask_BP, cache, sp.prefill_chunk)
   logits = transformer.unembed(params, cfg, hidden[:, -1:])[:, 0]
   if G > 1:
     cache = transformer.KVCache(jnp.repeat(cache.k_LBKSH, G, axis=1), jnp.repeat(cache.v_LBKSH, G, axis=1),

@@ -133,6 +133,21 @@ def test_second_call_with_same_shapes_does_not_retrace(params):
   assert sampling.sample_jit._cache_size() - before == 2  # batch 3 and batch 1, one bucket
 
 
+def test_chunked_prefill_equals_one_pass(params):
+  """Prompts padded to 64 and prefilled 16 tokens at a time (rows mostly left padding, one row longer than a chunk)
+  sample what a one-pass prefill samples; 48 (not a multiple of 32) falls back to one pass."""
+  prompts = [list(range(1, 41)), [3, 1], [(7 * i) % 60 + 1 for i in range(23)]]
+  for chunk, length in ((16, 64), (32, 48)):
+    tokens, mask = sampling.pad_prompts(prompts, 0, length)
+    outs = [sampling.sample_jit(params, tokens, mask, jax.random.key(3), cfg=CFG,
+                                sp=SamplingParams(max_new_tokens=6, temperature=0.8, num_samples=2, prefill_chunk=c))
+            for c in (0, chunk)]
+    np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
+    np.testing.assert_allclose(outs[0].logprobs, outs[1].logprobs, atol=1e-5)
+  with pytest.raises(ValueError, match="prefill_chunk=-1"):
+    SamplingParams(prefill_chunk=-1)
+
+
 @pytest.mark.parametrize("kw,msg", [(dict(top_p=0.0), "top_p=0.0"), (dict(top_p=1.5), "top_p=1.5"),
                                     (dict(temperature=-1.0), "temperature"), (dict(max_new_tokens=0), "max_new")])
 def test_bad_sampling_params(kw, msg):
