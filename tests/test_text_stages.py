@@ -62,9 +62,9 @@ class FakeModel:
     return out
 
 
-def _run(tmp_path, monkeypatch, calls, fail_on=None):
+def _run(tmp_path, monkeypatch, calls, fail_on=None, rows=4):
   monkeypatch.setattr(ts.TextModel, "from_dir", classmethod(lambda cls, d, rows, chat: FakeModel(calls, fail_on)))
-  s = ts.Stage1Settings(problems=3, m=2, n=3, rows=4)
+  s = ts.Stage1Settings(problems=3, m=2, n=3, rows=rows)
   return ts.stage1("gen", "ver", PROBLEMS, s, tmp_path)
 
 
@@ -73,8 +73,11 @@ def test_stage1_variants_checks_and_resume(tmp_path, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     _run(tmp_path, monkeypatch, calls, fail_on="merge")
   assert calls == ["generate", "verify", "critique", "merge"]
+  # The kept phases belong to these settings: other settings are refused, other rows are not.
+  with pytest.raises(ValueError, match=r"other settings \(n: kept 3, now 2\)"):
+    ts.stage1("gen", "ver", PROBLEMS, ts.Stage1Settings(problems=3, m=2, n=2, rows=4), tmp_path)
   calls.clear()
-  table = _run(tmp_path, monkeypatch, calls)
+  table = _run(tmp_path, monkeypatch, calls, rows=8)
   # Generation and verification were kept; only the unfinished phases ran again.
   assert calls == ["critique", "merge", "critique", "merge", "verify (reference)"]
   assert table["solutions"] == 6 and table["readable"] == 4 and table["answers_correct"] == 2

@@ -20,7 +20,8 @@ as a HF directory, and scored with `eval.processbench.evaluate` on a spread of e
 
 OUT holds solutions.jsonl (every generated solution, readable or not), the `<variant>.jsonl` files, stage1.json (the
 counts and checks), and with Stage II prm/ (the model), processbench/ (results.json, predictions.jsonl) and
-stage2.json. A killed run keeps Stage I's finished phases under OUT/partial and Stage II's PRM once saved.
+stage2.json. A killed run keeps Stage I's finished phases under OUT/partial (continued only with the same settings;
+--rows may change) and Stage II's PRM once saved.
 """
 
 from __future__ import annotations
@@ -111,6 +112,24 @@ def _outcome_checks(items, variants: dict, correct: dict) -> dict:
   return out
 
 
+def _check_resume(cache: Path, run: dict) -> None:
+  """Refuses to continue the phases kept in `cache` under other settings (they would be mixed into one Stage I
+  silently); `rows` may change (after running out of memory, say): it groups the calls, not what is computed."""
+  f = cache / "settings.json"
+  run = {k: v for k, v in run.items() if k != "rows"}
+  if f.is_file():
+    kept = json.loads(f.read_text())
+    diff = [f"{k}: kept {kept.get(k)!r}, now {v!r}" for k, v in run.items() if kept.get(k) != v]
+    if diff:
+      raise ValueError(f"{cache} holds phases of a Stage I run with other settings ({'; '.join(diff)}); rerun with "
+                       f"the same settings, or remove {cache} to start again")
+    return
+  cache.mkdir(parents=True, exist_ok=True)
+  tmp = f.with_suffix(".tmp")
+  tmp.write_text(json.dumps(run, indent=1))
+  tmp.replace(f)
+
+
 def stage1(generator_dir: str, verifier_dir: str, problems: Sequence[math_data.MathRecord], s: Stage1Settings,
            out: Path) -> dict:
   """Stage I on real text -> stage1.json's dict (also written to out); see the module docstring. Skipped when
@@ -122,6 +141,8 @@ def stage1(generator_dir: str, verifier_dir: str, problems: Sequence[math_data.M
     print(f"stage I: found {done}, skipping", file=sys.stderr)
     return json.loads(done.read_text())
   cache = out / "partial"
+  _check_resume(cache, dict(generator=str(generator_dir), verifier=str(verifier_dir),
+                            problem_ids=[p.id for p in problems], **dataclasses.asdict(s)))
   k_gen, k_ver, k_ref, k_mc1, k_mc2 = jax.random.split(jax.random.key(s.seed), 5)
   t0 = time.time()
 
