@@ -1,7 +1,8 @@
 """Batched, jitted sampling: one prefill per prompt, then a `lax.while_loop` decode over a preallocated KV cache.
 
 Layout: prompts are left-padded to a bucket length P so every row's next token goes to the same cache slot; rope
-positions skip the padding. G samples of a prompt share its single prefill (the cache rows are repeated after it).
+positions skip the padding. G samples of a prompt share its single prefill (the cache rows are repeated after it),
+which runs `prefill_chunk` tokens at a time for long prompts.
 Row r = b * G + g draws its token at step t with `fold_in(key[b, g], t)`, so a sample depends only on its own key:
 G samples in one call equal G calls with one sample each and the same keys.
 
