@@ -183,9 +183,8 @@ def qwen_coder_cpu_grpo(model_dir: str, iterations: int, prompts: int, shared, m
       preset="", model_dir=model_dir, train_path=str(shared / "data" / "gsm8k" / "train.jsonl"),
       eval_path=str(shared / "data" / "gsm8k" / "test.jsonl"), max_prompt_len=max_prompt_len,
       max_new_tokens=max_new_tokens, prompts=prompts, group_size=4, iterations=iterations, lr=1e-6,
-      mesh=dict(data=-1, fsdp=1, tp=1),
-      dtype="float32", param_dtype="float32", remat=True, eval_size=4, eval_batch=4, microbatches=8,
-      logprob_chunk=64)
+      mesh=dict(data=-1, fsdp=1, tp=1), dtype="float32", param_dtype="float32", remat=True, eval_size=4,
+      eval_batch=4, microbatches=8, logprob_chunk=64)
   if not model_dir:
     c.model.gguf = str(fetch_model.cache_path("qwen2.5-coder-0.5b-instruct"))
   return c

@@ -199,17 +199,13 @@ def _prefill(params, cfg: ModelConfig, prompt_BP, positions_BP, mask_BP, cache, 
   P = prompt_BP.shape[1]
   if not chunk or P <= chunk or P % chunk:
     return transformer.decode(params, cfg, prompt_BP, positions_BP, mask_BP, cache, 0)
-  piece = lambda a, i: jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk, axis=1)
-
-  def body(i, cache):
-    _, cache = transformer.decode(params, cfg, piece(prompt_BP, i), piece(positions_BP, i), piece(mask_BP, i), cache,
-                                  i * chunk)
-    return cache
+  def run(i, cache):
+    piece = lambda a: jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk, axis=1)
+    return transformer.decode(params, cfg, piece(prompt_BP), piece(positions_BP), piece(mask_BP), cache, i * chunk)
 
   last = P // chunk - 1
-  cache = jax.lax.fori_loop(0, last, body, cache)
-  return transformer.decode(params, cfg, piece(prompt_BP, last), piece(positions_BP, last), piece(mask_BP, last),
-                            cache, last * chunk)
+  cache = jax.lax.fori_loop(0, last, lambda i, cache: run(i, cache)[1], cache)
+  return run(last, cache)
 
 
 def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelConfig, sp: SamplingParams,

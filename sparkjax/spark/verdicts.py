@@ -86,12 +86,9 @@ def propagate(verdicts: Sequence[bool]) -> list[bool]:
 
 # A one-shot example of the whole output: without it the 1.5B Qwen2.5 verifier copied each step, ran out of tokens
 # or ended without the final line (README, "Stages I-II on real text").
-LLM_FORMAT_EXAMPLE = (
-    "Example of the format, for a three-step solution whose second step is wrong:\n"
-    "Step 1: 12 / 3 = 4 is right. The step is correct.\n"
-    "Step 2: 4 * 5 is 20, not 25. The step is incorrect.\n"
-    "Step 3: It builds on the wrong result of step 2. The step is incorrect.\n"
-    f"{FINAL_QUESTION} No")
+LLM_FORMAT_EXAMPLE = "Example of the format, for a three-step solution whose second step is wrong:\n" + (
+    render_verification(["12 / 3 = 4 is right", "4 * 5 is 20, not 25", "It builds on the wrong result of step 2"],
+                        [True, False, False], False))
 _LLM_FORMAT = (
     "For each step k, write a paragraph starting with \"Step k:\" that gives a short analysis of the step and ends "
     "with the sentence \"The step is correct.\" or \"The step is incorrect.\". Once a step is incorrect, every later "
