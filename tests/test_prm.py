@@ -437,3 +437,23 @@ def test_generative_prm_trains_and_scores_on_device_without_retracing(tok, ids, 
 
   monkeypatch.setattr(prm_scorers.WorldVerdictTokens, "from_tokenizer", classmethod(multi_token))
   assert prm_scorers.predict(params, cfg, tok, "prm", test, **kw)[0] == preds
+
+
+def test_bpe_tokenizer_verdicts_are_read_on_the_host(tiny_qwen_dir):
+  """A byte-level BPE (Qwen's) has one token for "correct" alone and another for the " correct" of running text, so
+  reading verdicts by token id would find none: such a PRM's outputs must be decoded and parsed on the host (found
+  when every ProcessBench output of a real-text PRM counted as unparseable and none was kept)."""
+  from sparkjax.eval import processbench as pb
+  from sparkjax.models import tokenizer as tok_lib
+
+  qtok = tok_lib.load_tokenizer(tiny_qwen_dir)
+  alone = prm_examples.single_token_id(qtok, "correct")
+  assert qtok.encode("The step is correct", add_special_tokens=False)[-1] != alone
+  with pytest.raises(ValueError, match="not read by token id"):
+    prm_scorers.WorldVerdictTokens.from_tokenizer(qtok)
+  recs = [pb.Record(subset="gsm8k", index=i, id=f"r{i}", problem="What is 2 + 3 * 4?",
+                    steps=("3 * 4 = 12.", "2 + 12 = 14. \\boxed{14}"), label=-1) for i in range(2)]
+  preds = pb.PRMCritic(tiny_qwen_dir, "prm_cot", max_new_tokens=6)(recs)
+  for p in preds:  # the output was decoded on the host: kept, and the prediction is what the host parser reads in it
+    assert isinstance(p.raw, str) and isinstance(p.finished, bool)
+    assert prm_scorers.first_error_predictions(prm_scorers.score_texts([p.raw], [2]), [2]) == [p.index]

@@ -2,10 +2,10 @@
 
 Generative PRMs are decoded greedily (T = 0) with `sampling.sample` and, for the arithmetic world, parsed on device:
 every world verdict is one token, so a step verdict is an occurrence of a verdict token and the final verdict is the
-Yes/No token right after "?". Real-model tokenizers split verdicts into pieces; their outputs are parsed on the host
-with `verdicts.parse_verification` (`score_texts`). Both return the same dict of arrays, and
-`first_error_predictions` turns either (or a discriminative score) into ProcessBench predictions; `predict` runs the
-whole evaluation path for a list of records.
+Yes/No token right after "?". Real-model tokenizers split verdicts into pieces, or (byte-level BPE) write a word
+with another token in running text than alone; their outputs are parsed on the host with `verdicts.parse_verification`
+(`score_texts`). Both return the same dict of arrays, and `first_error_predictions` turns either (or a
+discriminative score) into ProcessBench predictions; `predict` runs the whole evaluation path for a list of records.
 
 Shapes: B rows, T tokens, P prompt tokens, S step slots (separators / verdicts), D hidden size.
 """
@@ -52,8 +52,18 @@ class WorldVerdictTokens:
 
   @classmethod
   def from_tokenizer(cls, tok) -> "WorldVerdictTokens":
-    """Collects the ids from a tokenizer in which every verdict word is one token (`arith.build_tokenizer`)."""
-    one = functools.partial(prm_examples.single_token_id, tok)
+    """Collects the ids from a tokenizer in which every verdict word is one token, the same token wherever it
+    stands (`arith.build_tokenizer`). A byte-level BPE (Qwen2, GPT-2) has a one-token "correct" too, but in running
+    text it writes " correct", another id; the device parser would then find no verdict at all, so such a
+    tokenizer raises ValueError (its outputs are parsed on the host)."""
+    def one(word: str) -> int:
+      i = prm_examples.single_token_id(tok, word)
+      for ctx in ("x " + word, "x\n" + word):
+        ids = tok.encode(ctx, add_special_tokens=False)
+        if ids[-1] != i:
+          raise ValueError(f"{word!r} is token {i} alone but {ids[-1]} in {ctx!r}: verdicts are not read by token id")
+      return i
+
     return cls(correct=one("Correct"), incorrect=one("Incorrect"), step_correct=one("correct"),
                step_incorrect=one("incorrect"), yes=one("Yes"), no=one("No"), question=one("?"),
                final_start=one("Is"), eos=int(tok.eos_token_id), pad=prm_examples.pad_id(tok))
@@ -264,10 +274,10 @@ def predict(params, cfg: ModelConfig, tokenizer, fmt: str, records: Sequence[dic
             outputs: list | None = None) -> tuple[list, list]:
   """Host convenience for evaluation: ProcessBench predictions and final verdicts of a trained PRM.
 
-  Generative formats decode greedily; with a tokenizer whose verdicts are single tokens (the world's) the output is
-  parsed on device (`make_generative_scorer`), otherwise decoded and parsed on the host (`score_texts`). "disc"
-  scores with `make_discriminative_scorer` (label tokens default to `prm_examples.label_token_ids(tokenizer)`), and
-  its final verdict is "no step below the threshold".
+  Generative formats decode greedily; with a tokenizer whose verdicts are single tokens wherever they stand (the
+  world's; `WorldVerdictTokens.from_tokenizer`) the output is parsed on device (`make_generative_scorer`), otherwise
+  decoded and parsed on the host (`score_texts`). "disc" scores with `make_discriminative_scorer` (label tokens
+  default to `prm_examples.label_token_ids(tokenizer)`), and its final verdict is "no step below the threshold".
 
   Args:
     records: dicts with problem, steps and (optionally) answer.
@@ -275,7 +285,7 @@ def predict(params, cfg: ModelConfig, tokenizer, fmt: str, records: Sequence[dic
     batch: rows per scorer call (every call has this shape).
     max_steps: step slots; default the most steps of any record.
     outputs: when given, each record's (decoded output, finished) is appended to it where the output is decoded on
-      the host (a generative format whose verdicts span several tokens; a real tokenizer), for logs.
+      the host (a generative format with a real tokenizer), for logs.
 
   Returns:
     (first-error predictions as in `first_error_predictions`, final verdicts True / False / None = not read).
