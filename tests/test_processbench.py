@@ -169,6 +169,9 @@ def test_real_prefix_has_no_correct_records_and_says_so(tmp_path, capsys):
     m = res["subsets"][subset]
     assert m["n"] == 50 and m["n_cor"] >= 10 and m["n_err"] >= 10 and m["f1"] == 100.0 and "warning" not in m
   assert res["config"]["limit_mode"] == "spread" and res["mean_f1"] == 100.0
+  # A spread too small to hold both kinds asks for more records (it is spread already).
+  res = pb.evaluate(DATA, ["olympiadbench"], gold, tmp_path / "spread2", limit=2, limit_mode="spread", progress=False)
+  assert "try a larger limit" in res["subsets"]["olympiadbench"]["warning"]
 
 
 @pytest.mark.parametrize("content,match", [
