@@ -29,8 +29,9 @@ def get_config(arg=None):
   # 400 new tokens: greedy answers to the 16 held-out problems run 178-455 tokens (3 above 400); at the first
   # version's 192, 15 of 16 were cut before their \boxed{} and the reward was 0 in 2 of its first 3 batches.
   # 192 prompt tokens: 99% of GSM8K train prompts (chat template + instruction) take <= 173; longer ones are left out.
+  # Log-probs 80 positions at a time: the chunk must divide the 400 (the first run with 64 stopped at its first update).
   c = qwen_coder_cpu_grpo(arg.model_dir, arg.iterations, prompts=4, shared=SHARED, max_prompt_len=192,
-                          max_new_tokens=400)  # 16 rollouts, 2 per micro-batch
+                          max_new_tokens=400, logprob_chunk=80)  # 16 rollouts, 2 per micro-batch
   c.eval.update(size=16, batch_size=8, every=arg.iterations)
   c.checkpoint.every = 1
   return c

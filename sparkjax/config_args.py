@@ -171,12 +171,13 @@ def hf_grpo_config(*, preset: str, model_dir: str, train_path: str, eval_path: s
 
 
 def qwen_coder_cpu_grpo(model_dir: str, iterations: int, prompts: int, shared, max_prompt_len: int = 256,
-                        max_new_tokens: int = 192) -> ml_collections.ConfigDict:
+                        max_new_tokens: int = 192, logprob_chunk: int = 64) -> ml_collections.ConfigDict:
   """`hf_grpo_config` for a CPU debug run of Qwen2.5-Coder-0.5B-Instruct (the cached GGUF of `python -m
   sparkjax.tools.fetch_model qwen2.5-coder-0.5b-instruct --gguf-only`, or `model_dir`) on GSM8K from `shared`
   (../shared): `prompts` x 4 samples, max_prompt_len + max_new_tokens tokens, lr 1e-6, float32. 0.63B float32
   parameters, their Adam moments and the reference take ~10 GB; the update runs its rows in 8 micro-batches and the
-  [rows, positions, 151,936] logits 64 positions at a time (without both, a run was killed at 24 GB)."""
+  [rows, positions, 151,936] logits `logprob_chunk` positions at a time, a divisor of max_new_tokens (without both, a
+  run was killed at 24 GB)."""
   from sparkjax.tools import fetch_model
 
   c = hf_grpo_config(
@@ -184,7 +185,7 @@ def qwen_coder_cpu_grpo(model_dir: str, iterations: int, prompts: int, shared, m
       eval_path=str(shared / "data" / "gsm8k" / "test.jsonl"), max_prompt_len=max_prompt_len,
       max_new_tokens=max_new_tokens, prompts=prompts, group_size=4, iterations=iterations, lr=1e-6,
       mesh=dict(data=-1, fsdp=1, tp=1), dtype="float32", param_dtype="float32", remat=True, eval_size=4,
-      eval_batch=4, microbatches=8, logprob_chunk=64)
+      eval_batch=4, microbatches=8, logprob_chunk=logprob_chunk)
   if not model_dir:
     c.model.gguf = str(fetch_model.cache_path("qwen2.5-coder-0.5b-instruct"))
   return c

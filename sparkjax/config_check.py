@@ -252,6 +252,14 @@ def check_grpo(ch: Checks, path: str = "rl"):
   ch.optimizer(f"{path}.optimizer")
 
 
+def check_logprob_chunk(ch: Checks, tokens: str, chunk: str = "rl.logprob_chunk"):
+  """The update takes log-probs `chunk` completion positions at a time: 0 (one block), at least `tokens`, or one of
+  its divisors (else the first update fails, after the rollouts and any evaluation have run)."""
+  c, t = ch.get(chunk, 0), ch.get(tokens, None)
+  if isinstance(c, int) and isinstance(t, int) and 0 < c < t and t % c:
+    ch.fail(chunk, c, f"does not divide {tokens}={t} (log-probs are taken in blocks of {chunk}; 0 = one block)")
+
+
 def check_checkpoint(ch: Checks, path: str = "checkpoint"):
   ch.int_range(f"{path}.every", 1)
   ch.int_range(f"{path}.keep", 1)

@@ -45,3 +45,15 @@ def test_override_wrong_type_is_an_error(tmp_path):
 def test_bad_config_arg_is_an_error(tmp_path):
   r = _main("--config=configs/generate.py:num_prompt=3", f"--workdir={tmp_path}")
   assert r.returncode != 0 and "'num_prompt' is not known" in r.stderr
+
+
+@pytest.mark.parametrize("chunk,tokens,ok", [(0, 400, True), (80, 400, True), (512, 400, True), (64, 400, False)])
+def test_logprob_chunk_must_divide_the_completion(chunk, tokens, ok):
+  import ml_collections
+
+  from sparkjax import config_check
+
+  ch = config_check.Checks(ml_collections.ConfigDict(dict(rl=dict(logprob_chunk=chunk, max_new_tokens=tokens))))
+  config_check.check_logprob_chunk(ch, "rl.max_new_tokens")
+  assert ch.errors == ([] if ok else ["config rl.logprob_chunk=64 does not divide rl.max_new_tokens=400 (log-probs "
+                                      "are taken in blocks of rl.logprob_chunk; 0 = one block)"])

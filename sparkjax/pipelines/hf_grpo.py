@@ -54,7 +54,8 @@ def check_config(ch: config_check.Checks):
       ch.rows_over_data("eval.batch_size", ch.get("eval.batch_size"), mesh)
     ch.int_range("eval.every", 1)
   config_check.check_grpo(ch)
-  ch.int_range("rl.max_new_tokens", 1)
+  if ch.int_range("rl.max_new_tokens", 1):
+    config_check.check_logprob_chunk(ch, "rl.max_new_tokens")
   ch.rows_over_data("rl.batch_size / rl.group_size (prompts per iteration)", config_check.prompts_per_iteration(ch),
                     mesh)
   ch.int_range("grader_workers", 1)
@@ -74,6 +75,7 @@ def check_coevolve(ch: config_check.Checks, mesh):
   config_check.check_coevolve(ch, mesh)
   for k in ("max_prompt_len", "max_new_tokens"):
     ch.int_range(f"coevolve.{k}", 1)
+  config_check.check_logprob_chunk(ch, "coevolve.max_new_tokens")  # the judge updates take log-probs the same way
 
 
 def check_reward(ch: config_check.Checks, mesh):
