@@ -57,3 +57,15 @@ def test_logprob_chunk_must_divide_the_completion(chunk, tokens, ok):
   config_check.check_logprob_chunk(ch, "rl.max_new_tokens")
   assert ch.errors == ([] if ok else ["config rl.logprob_chunk=64 does not divide rl.max_new_tokens=400 (log-probs "
                                       "are taken in blocks of rl.logprob_chunk; 0 = one block)"])
+
+
+def test_microbatches_must_divide_the_rollouts():
+  import ml_collections
+
+  from sparkjax import config_check
+
+  ch = config_check.Checks(ml_collections.ConfigDict(dict(rl=dict(batch_size=16, num_microbatches=3))))
+  ch.int_range("rl.num_microbatches", 1)
+  config_check.check_grpo(ch)
+  assert ("config rl.batch_size=16 is not a multiple of rl.num_microbatches=3 (the update's micro-batches split its "
+          "rows evenly)") in ch.errors
