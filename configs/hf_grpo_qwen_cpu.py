@@ -5,11 +5,14 @@ GSM8K test problems before the first iteration and after the last.
 Command:   python -m sparkjax.tools.fetch_model qwen2.5-coder-0.5b-instruct --gguf-only   # once: the cached GGUF
            python -m sparkjax.main --config=configs/hf_grpo_qwen_cpu.py --workdir=/tmp/hf_grpo_qwen_cpu
 Hardware:  any CPU with ~20 GB of memory (configs/coevolve_cpu.py, the same model and sizes, peaked at 18.4 GB).
-Measured:  not yet run end to end with these settings (the config checks pass: tests/test_hf_grpo.py). The first
-           version (256 + 192 tokens) ran 3 iterations on the 2-core AMD EPYC (~3.5 min each after the first):
-           held-out 1/16 before, rewards 0.125, 0.0, 0.0, a kill -9 and resume; greedy answers to the 16 held-out
-           problems, decoded to 512 tokens, are 178-455 tokens long (2 of 16 correct), so at 192 nearly all were
-           cut before their boxed answer.
+Measured:  not yet run to its 10 iterations with these settings (the config checks pass: tests/test_hf_grpo.py).
+           A first run on the 2-core AMD EPYC (2026-12-06): held-out greedy accuracy before training 2/16; iteration 1
+           (incl. compiling) 128 s, reward 0/16, 11 of 16 rollouts finished, mean 307 tokens; iteration 2 443 s,
+           reward 1/16 (one group of four with variance); kill -9 during iteration 3 (checkpoints 1 and 2 kept;
+           17.0 GB peak RSS); resume not yet run. The first version (256 + 192 tokens) ran 3 iterations (~3.5 min
+           each after the first): held-out 1/16 before, rewards 0.125, 0.0, 0.0, a kill -9 and resume; greedy answers
+           to the 16 held-out problems, decoded to 512 tokens, are 178-455 tokens long (2 of 16 correct), so at 192
+           nearly all were cut before their boxed answer.
 Args:      iterations=N (default 10), model_dir=PATH (a HF directory instead of the cached GGUF).
 
 A check that the real-model RLVR path runs and gets a reward signal (loading, chat-template prompts, sampling,
