@@ -247,17 +247,19 @@ def check_grpo(ch: Checks, path: str = "rl"):
   ch.float_range(f"{path}.temperature", 0.0, lo_open=True)
   ch.float_range(f"{path}.top_p", 0.0, 1.0, lo_open=True)
   ch.int_range(f"{path}.mu", 1)
-  if ch.int_range(f"{path}.num_microbatches", 1, optional=True) and isinstance(ch.get(f"{path}.batch_size", None), int):
+  if ch.int_range(f"{path}.num_microbatches", 1, optional=True):
     ch.divides(f"{path}.num_microbatches", f"{path}.batch_size", "the update's micro-batches split its rows evenly")
   ch.int_range(f"{path}.logprob_chunk", 0, optional=True)
   ch.optimizer(f"{path}.optimizer")
 
 
 def check_logprob_chunk(ch: Checks, tokens: str, chunk: str = "rl.logprob_chunk"):
-  """The update takes log-probs `chunk` completion positions at a time: 0 (one block), at least `tokens`, or one of
-  its divisors (else the first update fails, after the rollouts and any evaluation have run)."""
+  """`rl.iteration.logprob_chunk_fits` before the run (else the first update fails, after the rollouts and any
+  evaluation have run)."""
+  from sparkjax.rl import iteration
+
   c, t = ch.get(chunk, 0), ch.get(tokens, None)
-  if isinstance(c, int) and isinstance(t, int) and 0 < c < t and t % c:
+  if isinstance(c, int) and isinstance(t, int) and not iteration.logprob_chunk_fits(c, t):
     ch.fail(chunk, c, f"does not divide {tokens}={t} (log-probs are taken in blocks of {chunk}; 0 = one block)")
 
 

@@ -326,9 +326,9 @@ def evaluate(source: str | os.PathLike, subsets: Sequence[str], predict_fn: Call
     n_err = sum(r.label != -1 for r in records)
     if records and n_err in (0, len(records)):
       kind = "correct (label -1)" if n_err == len(records) else "erroneous"
+      hint = "a larger limit" if limit_mode == "spread" else "limit_mode='spread'"
       warnings[subset] = (f"no {kind} records among the {len(records)} selected, so its accuracy and F1 are undefined"
-                          + (f" (limit={limit}, limit_mode={limit_mode!r}; try "
-                             + ("a larger limit)" if limit_mode == "spread" else "limit_mode='spread')") if limit else ""))
+                          + (f" (limit={limit}, limit_mode={limit_mode!r}; try {hint})" if limit else ""))
       print(f"warning: processbench {subset}: {warnings[subset]}", file=sys.stderr, flush=True)
     order = sorted(range(len(records)), key=lambda i: _length_key(records[i])) if sort_by_length else \
         list(range(len(records)))

@@ -84,6 +84,12 @@ def completion_mask(lengths_N, T: int):
   return (jnp.arange(T)[None, :] < lengths_N[:, None]).astype(jnp.float32)
 
 
+def logprob_chunk_fits(chunk: int, T: int) -> bool:
+  """Whether the update can take the log-probs of T completion positions `chunk` at a time: 0 or >= T (one block),
+  else a divisor of T. The one rule `completion_logprobs`, the config checks and the memory plan apply."""
+  return not chunk or chunk >= T or T % chunk == 0
+
+
 def completion_logprobs(params, cfg: ModelConfig, prompt_BP, prompt_mask_BP, tokens_NT, lengths_N,
                         temperature: float, chunk: int = 0):
   """log softmax(logits / temperature) of each completion token given prompt and earlier tokens: (logp, entropy).
@@ -104,7 +110,7 @@ def completion_logprobs(params, cfg: ModelConfig, prompt_BP, prompt_mask_BP, tok
   hidden = hidden[:, P - 1:]
   if not chunk or chunk >= T:
     return grpo.token_logprobs(transformer.unembed(params, cfg, hidden), tokens_NT, temp)
-  if T % chunk:
+  if not logprob_chunk_fits(chunk, T):
     raise ValueError(f"logprob_chunk={chunk} does not divide the {T} completion positions")
   head = {k: params[k] for k in ("embed", "lm_head") if k in params}
 

@@ -248,7 +248,7 @@ def check_job(job: Job, mesh) -> None:
     if j.rows % M:
       raise ValueError(f"rl.num_microbatches={M} does not divide {rows}={j.rows}")
     sharding.check_batch(j.rows // M, mesh, what=f"micro-batch rows ({rows} / rl.num_microbatches={M})")
-    if s.logprob_chunk and s.logprob_chunk < j.new_tokens and j.new_tokens % s.logprob_chunk:
+    if not rl.logprob_chunk_fits(s.logprob_chunk, j.new_tokens):
       raise ValueError(f"rl.logprob_chunk={s.logprob_chunk} does not divide {tokens}={j.new_tokens}")
   if job.prm is not None:
     sharding.check_batch(job.prm.prompts, mesh, what="PRM rows per call (reward.prm_rows)")
