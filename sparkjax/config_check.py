@@ -247,7 +247,7 @@ def check_grpo(ch: Checks, path: str = "rl"):
   ch.float_range(f"{path}.temperature", 0.0, lo_open=True)
   ch.float_range(f"{path}.top_p", 0.0, 1.0, lo_open=True)
   ch.int_range(f"{path}.mu", 1)
-  if ch.int_range(f"{path}.num_microbatches", 1, optional=True):
+  if ch.int_range(f"{path}.num_microbatches", 1, optional=True) and ch.get(f"{path}.num_microbatches", None):
     ch.divides(f"{path}.num_microbatches", f"{path}.batch_size", "the update's micro-batches split its rows evenly")
   ch.int_range(f"{path}.logprob_chunk", 0, optional=True)
   ch.optimizer(f"{path}.optimizer")

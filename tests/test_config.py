@@ -68,3 +68,7 @@ def test_microbatches_must_divide_the_rollouts():
   config_check.check_grpo(ch)
   assert ("config rl.batch_size=16 is not a multiple of rl.num_microbatches=3 (the update's micro-batches split its "
           "rows evenly)") in ch.errors
+  # The field is optional (the world's configs have none): absent, nothing is said about it.
+  ch = config_check.Checks(ml_collections.ConfigDict(dict(rl=dict(batch_size=16))))
+  config_check.check_grpo(ch)
+  assert not [e for e in ch.errors if "num_microbatches" in e]
