@@ -4,7 +4,12 @@ and reward-period updates of the same weights when the judge cache holds a batch
 
 Command:   python -m sparkjax.tools.fetch_model qwen2.5-coder-0.5b-instruct --gguf-only   # once: the cached GGUF
            python -m sparkjax.main --config=configs/coevolve_cpu.py --workdir=/tmp/coevolve_cpu
-Hardware:  any CPU; see README "SPARK-CoEvolve" for what a run on this project's 2-core machine measured.
+Hardware:  any CPU with ~20 GB of memory.
+Measured:  on the 2-core AMD EPYC (other jobs sharing the cores), Qwen2.5-Coder-0.5B-Instruct: 33 min 22 s for the 4
+           iterations (247-479 s each: rollouts and update, then a judge update in every iteration), peak RSS 18.4 GB.
+           Policy reward 0.125 / 0.062 / 0.062 / 0.188; 16 examples recycled (6 pointwise, 2 pairwise, 8
+           reflection); of the 64 judge rows 20 readable, 42 without a box; judge reward 0.06 / 0.06 / 0.0 / 0.25;
+           held-out greedy accuracy 1/4 before and after.
 Args:      iterations=N (default 4), model_dir=PATH (a HF directory instead of the cached GGUF).
 
 This checks the path (recycling decoded rollouts, judge prompts in the chat template, judge sampling, the one
