@@ -72,3 +72,22 @@ def test_microbatches_must_divide_the_rollouts():
   ch = config_check.Checks(ml_collections.ConfigDict(dict(rl=dict(batch_size=16))))
   config_check.check_grpo(ch)
   assert not [e for e in ch.errors if "num_microbatches" in e]
+
+
+def test_microbatches_must_divide_the_judge_rows():
+  import ml_collections
+
+  from sparkjax import config_check
+
+  def judge_errors(judge_batch, microbatches=None):
+    rl = dict(batch_size=16, group_size=4, **({} if microbatches is None else dict(num_microbatches=microbatches)))
+    ch = config_check.Checks(ml_collections.ConfigDict(dict(rl=rl, coevolve=dict(
+        judge_batch=judge_batch, judge_group_size=4, max_judge=1, max_reflection=1))))
+    config_check.check_coevolve(ch, None)
+    return [e for e in ch.errors if "judge_batch" in e]
+
+  assert judge_errors(3, microbatches=8) == [
+      "config coevolve.judge_batch=3: coevolve.judge_batch x coevolve.judge_group_size = 12 judge rows per update is "
+      "not a multiple of rl.num_microbatches=8 (the judge update splits its rows into the policy's micro-batches)"]
+  assert judge_errors(4, microbatches=8) == []
+  assert judge_errors(3) == []  # no micro-batches (the world's configs): nothing to split
