@@ -399,16 +399,28 @@ def test_grpo_loop_counts_its_own_iterations(tmp_path):
   kw = dict(ref_params=None, writer=metrics_lib.Writer(tmp_path / "tb", enabled=False), place=Place(),
             checkpoint_every=2, rollouts_per_iteration=2, what="batch",
             evaluate=lambda i, p: evals.append(i) or dict(i=i), eval_every=2)
+  built = []
+
+  def build():  # the initial state as a function: built (not only traced for its shapes) only when nothing is resumed
+    s = fresh()
+    if not isinstance(s.params["w"], jax.core.Tracer):
+      built.append(1)
+    return s
+
   ckpt = Checkpointer(tmp_path / "ck")
-  r = grpo_loop.run_grpo(iterate, fresh(), Batches(), iterations=2, ckpt=ckpt, **kw)
+  r = grpo_loop.run_grpo(iterate, build, Batches(), iterations=2, ckpt=ckpt, **kw)
   ckpt.close()
-  assert (r.iterations, int(r.state.step), calls, evals) == (2, 6, [1, 2], [2])
+  assert (r.iterations, int(r.state.step), calls, evals, built) == (2, 6, [1, 2], [2], [1])
   ckpt = Checkpointer(tmp_path / "ck")
-  r = grpo_loop.run_grpo(iterate, fresh(), Batches(), iterations=5, ckpt=ckpt, **kw)
+  r = grpo_loop.run_grpo(iterate, build, Batches(), iterations=5, ckpt=ckpt, **kw)
   ckpt.close()
-  # Resumed after iteration 2 (not 6 // mu), with the data iterator where it stopped.
-  assert (r.iterations, int(r.state.step), calls, evals) == (5, 15, [1, 2, 3, 4, 5], [2, 4, 5])
+  # Resumed after iteration 2 (not 6 // mu), with the data iterator where it stopped, without building a state.
+  assert (r.iterations, int(r.state.step), calls, evals, built) == (5, 15, [1, 2, 3, 4, 5], [2, 4, 5], [1])
   assert sorted(r.history, key=int) == ["2", "4", "5"] and r.final_metrics["reward_mean"] == 1.0
+  ckpt = Checkpointer(tmp_path / "ck")  # a state passed as such is restored onto just the same
+  r = grpo_loop.run_grpo(iterate, fresh(), Batches(), iterations=6, ckpt=ckpt, **kw)
+  ckpt.close()
+  assert (r.iterations, int(r.state.step), calls[-1]) == (6, 18, 6)
 
 
 def test_a_reward_design_makes_the_rewards_and_token_advantages(setup):

@@ -43,9 +43,15 @@ def run_grpo(iterate: Callable, state, it, *, iterations: int, ref_params, score
   for a name the iteration does not report).
   host_state: an object with `state() -> dict` (JSON) and `load(dict)` whose state is saved with each checkpoint and
   restored on resume (CoEvolve's judge cache on the host path).
+  state: the initial train state, or a function of no arguments that builds it (a jitted function with
+  out_shardings): then a resumed run restores onto its abstract shapes and never builds it, so the initial state
+  (parameters and optimizer moments, held by the caller) does not sit in memory beside the restored one.
   """
   history, final, start, curves = {}, {}, 0, {k: [] for k in keep}
-  resumed = ckpt.resume(state, it.set_state, common.say)
+  build = state if callable(state) else None
+  resumed = ckpt.resume(jax.eval_shape(build) if build else state, it.set_state, common.say)
+  if resumed is None and build is not None:
+    state = build()
   if resumed is not None:
     state, extra = resumed
     history, final = extra.get("history", {}), extra.get("final_metrics", {})
