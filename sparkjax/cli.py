@@ -77,6 +77,11 @@ def check_output_dir(path: str | os.PathLike, what: str) -> Path:
   return p
 
 
+def _hms(seconds: float) -> str:
+  s = int(round(seconds))
+  return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
 class Progress:
   """A progress bar on a terminal (tqdm); plain lines at most every `every_s` seconds when stderr is a log file, so a
   redirected log holds readable progress instead of carriage-return updates. Iterate over it; `set_postfix(**kw)`
@@ -107,8 +112,12 @@ class Progress:
         last = now
         rate = (self.n - done0) / max(now - start, 1e-9)
         of = f"/{self.total}" if self.total else ""
+        # Slow loops (minutes per iteration) read as time per item; "0.00 it/s" says nothing.
+        speed = f"{rate:.2f} {self.unit}/s" if rate >= 1 else f"{1 / rate:.1f} s/{self.unit}"
+        eta = f", eta {_hms((self.total - self.n) / rate)}" if self.total and self.n < self.total else ""
         post = "".join(f", {k}={v}" for k, v in self._postfix.items())
-        print(f"{self.desc}: {self.n}{of} {self.unit} ({rate:.2f} {self.unit}/s{post})", file=sys.stderr, flush=True)
+        print(f"{self.desc}: {self.n}{of} {self.unit} ({speed}, elapsed {_hms(now - start)}{eta}{post})",
+              file=sys.stderr, flush=True)
 
   def set_postfix(self, **kw):
     self._postfix = kw

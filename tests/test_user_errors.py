@@ -288,3 +288,18 @@ def test_spark_rl_needs_its_prms(tmp_path):
                    f"--workdir={tmp_path / 'w'}"), "stage3.runs='step_consistency_prm_cot/process_outcome'",
               "holds no PRM", "PRMs in", "other_prm")
   assert not (tmp_path / "w").exists()
+
+
+def test_progress_lines_in_a_log_show_time_per_item_when_slow(monkeypatch, capsys):
+  """A redirected log gets plain progress lines; an iteration of minutes reads as seconds per item with elapsed
+  time and an estimate (it printed "0.00 it/s" before)."""
+  from sparkjax import cli
+
+  clock = iter([0.0, 500.0, 1000.0, 1001.0, 1001.5])
+  monkeypatch.setattr(cli.time, "time", lambda: next(clock))
+  monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: False, raising=False)
+  list(cli.Progress(range(2), total=4, desc="grpo", every_s=0.0))
+  assert capsys.readouterr().err.splitlines() == ["grpo: 1/4 it (500.0 s/it, elapsed 8:20, eta 25:00)",
+                                                  "grpo: 2/4 it (500.0 s/it, elapsed 16:40, eta 16:40)"]
+  list(cli.Progress(range(1), total=1, desc="fast", every_s=0.0))
+  assert capsys.readouterr().err.splitlines() == ["fast: 1/1 it (2.00 it/s, elapsed 0:00)"]
