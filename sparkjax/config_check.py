@@ -223,21 +223,15 @@ def check_coevolve(ch: Checks, mesh, path: str = "coevolve"):
   prompts = prompts_per_iteration(ch)
   if ch.int_range(f"{path}.judge_batch", 1):
     ch.rows_over_data(f"{path}.judge_batch", ch.get(f"{path}.judge_batch"), mesh)
-    m, g = ch.get("rl.num_microbatches", None), ch.get(f"{path}.judge_group_size")
-    if isinstance(m, int) and m > 0 and isinstance(g, int) and g > 0:
-      # The judge update splits its judge_batch x judge_group_size rows into the policy's micro-batches.
-      ch.satisfies(f"{path}.judge_batch", lambda b: _microbatches_split(m, b * g, f"{path}.judge_batch x "
-                                                                                f"{path}.judge_group_size"))
+    b, g, m = ch.get(f"{path}.judge_batch"), ch.get(f"{path}.judge_group_size"), ch.get("rl.num_microbatches", None)
+    if isinstance(g, int) and isinstance(m, int) and m > 0 and (b * g) % m:
+      ch.fail(f"{path}.judge_batch", b, f"{path}.judge_batch x {path}.judge_group_size = {b * g} judge rows per update "
+              f"is not a multiple of rl.num_microbatches={m} (the judge update splits its rows into the policy's "
+              "micro-batches)")
     if prompts:
       ch.satisfies(f"{path}.judge_batch", lambda b: world_recycle.check_sizes(
           RecycleConfig(max_judge=ch.get(f"{path}.max_judge"), max_reflection=ch.get(f"{path}.max_reflection")),
           prompts, b, path))
-
-
-def _microbatches_split(m: int, rows: int, what: str):
-  if rows % m:
-    raise ValueError(f"{what} = {rows} judge rows per update is not a multiple of rl.num_microbatches={m} (the judge "
-                     "update splits its rows into the policy's micro-batches)")
 
 
 def check_grpo(ch: Checks, path: str = "rl"):
