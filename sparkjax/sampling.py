@@ -192,20 +192,21 @@ def _step_logits(params, cfg: ModelConfig, hidden_B1D):
 PER_LAYER_MIN_BYTES = 256 << 20
 
 
-def _prefill(params, cfg: ModelConfig, prompt_BP, positions_BP, mask_BP, cache, chunk: int):
-  """The prompts written into the cache: (hidden_BTD of the last chunk, cache). Prompts of P > chunk tokens (P a
-  multiple of chunk) go `chunk` tokens at a time in a loop, each chunk attending to the slots before it, so the
-  attention scores held are [B, heads, chunk, S] rather than [B, heads, P, S]; other lengths go in one pass."""
-  P = prompt_BP.shape[1]
+def _prefill(params, cfg: ModelConfig, prompt_BP, positions_BP, mask_BP, chunk: int):
+  """The prompts written into a cache of P slots: (hidden_BTD of the last chunk, cache). Prompts of P > chunk tokens
+  (P a multiple of chunk) go `chunk` tokens at a time, chunk i attending to the (i + 1) * chunk slots written so
+  far (the cache grows by a chunk each time), so the attention scores held are [B, heads, chunk, <= P] rather than
+  [B, heads, P, P] and no chunk scores the empty slots after it; other lengths go in one pass. The chunks are
+  unrolled: each has its own shapes (P / chunk copies of the decoder in the compiled program)."""
+  B, P = prompt_BP.shape
   if not chunk or P <= chunk or P % chunk:
-    return transformer.decode(params, cfg, prompt_BP, positions_BP, mask_BP, cache, 0)
-  def run(i, cache):
-    piece = lambda a: jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk, axis=1)
-    return transformer.decode(params, cfg, piece(prompt_BP), piece(positions_BP), piece(mask_BP), cache, i * chunk)
-
-  last = P // chunk - 1
-  cache = jax.lax.fori_loop(0, last, lambda i, cache: run(i, cache)[1], cache)
-  return run(last, cache)
+    return transformer.decode(params, cfg, prompt_BP, positions_BP, mask_BP, transformer.init_cache(cfg, B, P), 0)
+  cache = transformer.init_cache(cfg, B, 0)
+  for lo in range(0, P, chunk):
+    piece = lambda a: a[:, lo:lo + chunk]
+    cache = transformer.grow_cache(cache, lo + chunk)
+    hidden, cache = transformer.decode(params, cfg, piece(prompt_BP), piece(positions_BP), piece(mask_BP), cache, lo)
+  return hidden, cache
 
 
 def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelConfig, sp: SamplingParams,
@@ -221,10 +222,11 @@ def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelCo
   S = max(P + T, cache_len or 0)
   stop = jnp.asarray(sp.stop_tokens or (-1,), jnp.int32)
 
-  # Prefill once per prompt, then give each of the G samples its own copy of the cache row.
-  cache = transformer.init_cache(cfg, B, S)
+  # Prefill once per prompt, then give each of the G samples its own copy of the cache row. The prefill's cache
+  # holds the prompt slots only (the slots after them would all be masked out); it grows to S slots afterwards.
   positions = transformer.positions_from_mask(prompt_mask_BP)
-  hidden, cache = _prefill(params, cfg, prompt_BP, positions, prompt_mask_BP, cache, sp.prefill_chunk)
+  hidden, cache = _prefill(params, cfg, prompt_BP, positions, prompt_mask_BP, sp.prefill_chunk)
+  cache = transformer.grow_cache(cache, S)
   logits = transformer.unembed(params, cfg, hidden[:, -1:])[:, 0]
   if G > 1:
     cache = transformer.KVCache(jnp.repeat(cache.k_LBKSH, G, axis=1), jnp.repeat(cache.v_LBKSH, G, axis=1),

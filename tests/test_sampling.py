@@ -190,3 +190,16 @@ def test_filter_thresholds_match_a_sort():
     clear = np.abs(before - p).min(-1) > 1e-4
     assert clear.sum() >= 6  # the comparison covers most rows
     np.testing.assert_array_equal(got[clear], (x >= last)[clear])
+
+
+def test_grow_cache_appends_empty_slots_and_refuses_to_shrink():
+  cfg = ModelConfig(vocab_size=11, hidden_size=8, intermediate_size=16, num_layers=2, num_heads=2, num_kv_heads=1,
+                    head_dim=4)
+  cache = transformer.init_cache(cfg, 3, 5)
+  cache = transformer.KVCache(cache.k_LBKSH + 1, cache.v_LBKSH + 2, cache.valid_BS | True)
+  grown = transformer.grow_cache(cache, 9)
+  assert grown.k_LBKSH.shape == (2, 3, 1, 9, 4) and grown.valid_BS.shape == (3, 9)
+  assert (grown.k_LBKSH[:, :, :, :5] == 1).all() and (grown.k_LBKSH[:, :, :, 5:] == 0).all()
+  assert (grown.v_LBKSH[:, :, :, :5] == 2).all() and grown.valid_BS[:, :5].all() and not grown.valid_BS[:, 5:].any()
+  with pytest.raises(ValueError, match="cannot grow a cache of 5 slots to 4"):
+    transformer.grow_cache(cache, 4)

@@ -221,6 +221,15 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache
   return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, length), bool))
 
 
+def grow_cache(cache: KVCache, length: int) -> KVCache:
+  """The cache with empty (invalid) slots appended up to `length` slots per row."""
+  extra = length - cache.valid_BS.shape[1]
+  if extra < 0:
+    raise ValueError(f"cannot grow a cache of {cache.valid_BS.shape[1]} slots to {length}")
+  slots = lambda a: jnp.pad(a, [(0, 0)] * 3 + [(0, extra), (0, 0)])
+  return KVCache(slots(cache.k_LBKSH), slots(cache.v_LBKSH), jnp.pad(cache.valid_BS, [(0, 0), (0, extra)]))
+
+
 def decode(params: Params, cfg: ModelConfig, tokens_BT, positions_BT=None, mask_BT=None,
            cache: KVCache | None = None, cache_index=None):
   """Runs the decoder and returns (hidden_BTD after the final norm, cache).
