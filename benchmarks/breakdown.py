@@ -69,9 +69,9 @@ def sampler_parts(w, cfg, params, prompts, reps):
 
   @jax.jit
   def prefill(params, x):
-    cache = transformer.init_cache(cfg, x.shape[0], P + T)
-    h, cache = transformer.decode(params, cfg, x, transformer.positions_from_mask(mask), mask, cache, 0)
-    return transformer.unembed(params, cfg, h[:, -1:]), cache
+    h, cache = sampling.prefill(params, cfg, x, transformer.positions_from_mask(mask), mask,
+                                sampling.SamplingParams().prefill_chunk)
+    return transformer.unembed(params, cfg, h[:, -1:]), transformer.grow_cache(cache, P + T)
 
   whole, one = median_time(call(T), reps), median_time(call(1), reps)
   step = (whole - one) / (T - 1)

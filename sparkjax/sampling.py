@@ -192,12 +192,17 @@ def _step_logits(params, cfg: ModelConfig, hidden_B1D):
 PER_LAYER_MIN_BYTES = 256 << 20
 
 
-def _prefill(params, cfg: ModelConfig, prompt_BP, positions_BP, mask_BP, chunk: int):
+def prefill(params, cfg: ModelConfig, prompt_BP, positions_BP, mask_BP, chunk: int):
   """The prompts written into a cache of P slots: (hidden_BTD of the last chunk, cache). Prompts of P > chunk tokens
   (P a multiple of chunk) go `chunk` tokens at a time, chunk i attending to the (i + 1) * chunk slots written so
   far (the cache grows by a chunk each time), so the attention scores held are [B, heads, chunk, <= P] rather than
   [B, heads, P, P] and no chunk scores the empty slots after it; other lengths go in one pass. The chunks are
-  unrolled: each has its own shapes (P / chunk copies of the decoder in the compiled program)."""
+  unrolled: each has its own shapes (P / chunk copies of the decoder in the compiled program).
+
+  prompt_BP: int32 [B, P] left-padded tokens; positions_BP: their rope positions; mask_BP: True on real tokens.
+  Returns hidden [B, C, D] of the last C prompt positions after the final norm (C = chunk when chunked, else P)
+  and a `transformer.KVCache` of P slots per row.
+  """
   B, P = prompt_BP.shape
   if not chunk or P <= chunk or P % chunk:
     return transformer.decode(params, cfg, prompt_BP, positions_BP, mask_BP, transformer.init_cache(cfg, B, P), 0)
@@ -225,7 +230,7 @@ def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelCo
   # Prefill once per prompt, then give each of the G samples its own copy of the cache row. The prefill's cache
   # holds the prompt slots only (the slots after them would all be masked out); it grows to S slots afterwards.
   positions = transformer.positions_from_mask(prompt_mask_BP)
-  hidden, cache = _prefill(params, cfg, prompt_BP, positions, prompt_mask_BP, sp.prefill_chunk)
+  hidden, cache = prefill(params, cfg, prompt_BP, positions, prompt_mask_BP, sp.prefill_chunk)
   cache = transformer.grow_cache(cache, S)
   logits = transformer.unembed(params, cfg, hidden[:, -1:])[:, 0]
   if G > 1:
