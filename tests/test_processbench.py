@@ -352,3 +352,45 @@ def test_prm_critic_formats_steps_for_the_prm(smollm2_dir):
     assert prm_scorers.first_error_predictions(prm_scorers.score_texts([p.raw], [len(r.steps)]), [len(r.steps)]) == [
         p.index]
   assert critic.config["format"] == "prm"
+
+
+def test_a_killed_run_resumes_from_its_finished_batches(tmp_path, capsys):
+  """A run that dies after two batches keeps them in partial.jsonl; started again with the same settings it predicts
+  only the other records and ends with the results of an unbroken run; other settings start afresh."""
+  raws = [_rec(f"r{i}", -1 if i % 3 == 0 else i % 3 - 1) for i in range(10)]
+  (tmp_path / "gsm8k.json").write_text(json.dumps(raws))
+  seen = []
+
+  def predict(batch, die_after=None):
+    if die_after is not None and len(seen) >= die_after:
+      raise RuntimeError("killed")
+    seen.append([r.index for r in batch])
+    return [pb.Prediction(r.label if r.index % 2 else -1, raw=f"out {r.index}", finished=True) for r in batch]
+
+  full = pb.evaluate(tmp_path, ["gsm8k"], predict, tmp_path / "ref", batch_size=3, progress=False)
+  seen.clear()
+  out = tmp_path / "out"
+  with pytest.raises(RuntimeError, match="killed"):
+    pb.evaluate(tmp_path, ["gsm8k"], lambda b: predict(b, die_after=2), out, batch_size=3, progress=False,
+                config=dict(model="m"))
+  first = [i for b in seen for i in b]
+  assert len(first) == 6 and (out / pb.PARTIAL_FILE).exists()
+  with open(out / pb.PARTIAL_FILE, "a") as f:
+    f.write('{"subset": "gsm8k", "rec')  # a kill during an append leaves a torn line
+  seen.clear()
+  res = pb.evaluate(tmp_path, ["gsm8k"], predict, out, batch_size=3, progress=False, config=dict(model="m"))
+  assert sorted(i for b in seen for i in b) == sorted(set(range(10)) - set(first))
+  assert "resuming, 6 of 10 records" in capsys.readouterr().err
+  assert res["resumed_records"] == 6 and res["complete"] and not (out / pb.PARTIAL_FILE).exists()
+  assert res["subsets"] == full["subsets"]
+  assert (out / "predictions.jsonl").read_text() == (tmp_path / "ref" / "predictions.jsonl").read_text()
+
+  # Other settings: the kept predictions are not used.
+  seen.clear()
+  with pytest.raises(RuntimeError, match="killed"):
+    pb.evaluate(tmp_path, ["gsm8k"], lambda b: predict(b, die_after=1), out, batch_size=3, progress=False,
+                config=dict(model="m"))
+  seen.clear()
+  res = pb.evaluate(tmp_path, ["gsm8k"], predict, out, batch_size=3, progress=False, config=dict(model="other"))
+  assert sum(len(b) for b in seen) == 10 and res["resumed_records"] == 0
+  assert "other settings (differing: model)" in capsys.readouterr().err

@@ -301,10 +301,15 @@ def evaluate(source: str | os.PathLike, subsets: Sequence[str], predict_fn: Call
     the order except through the critic's own batching.
   config: extra entries (the critic's settings) stored under "config" in results.json.
   Both files are rewritten atomically after every subset, with "complete": false until the last one is done.
+  Every finished batch is also appended to `out_dir/partial.jsonl` (deleted once the run completes): a run started
+  again on the same out_dir with the same settings (the run config, critic settings included) predicts only the
+  records not in it; one with other settings ignores and replaces it, with a warning. Resumed records keep their
+  predictions; the rest are batched afresh, so a batching-sensitive critic may differ from an unbroken run in them.
   Returns the results dict: per subset acc_err, acc_cor, f1 (percent, `score`), n, n_err, n_cor, unparseable,
-  too_long, unfinished, n_bad, bad_records; mean_f1 (`mean_f1`); config; elapsed_s. `unparseable` (no usable index
-  in the critic's output) and `too_long` (prompt over the context budget, not run) are disjoint; both are None
-  predictions, scored as wrong. `unfinished` counts generations cut off at max_new_tokens; bad records are not in n.
+  too_long, unfinished, n_bad, bad_records; mean_f1 (`mean_f1`); config; elapsed_s (this process only);
+  resumed_records (predictions taken from partial.jsonl). `unparseable` (no usable index in the critic's output) and
+  `too_long` (prompt over the context budget, not run) are disjoint; both are None predictions, scored as wrong.
+  `unfinished` counts generations cut off at max_new_tokens; bad records are not in n.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size}: expected >= 1")
@@ -317,10 +322,19 @@ def evaluate(source: str | os.PathLike, subsets: Sequence[str], predict_fn: Call
   total = sum(len(recs) for recs, _ in data.values())
   run_config = dict(source=str(source), subsets=list(subsets), limit=limit, limit_mode=limit_mode,
                     batch_size=batch_size, sort_by_length=sort_by_length, **(config or {}))
-  results: dict[str, Any] = dict(mean_f1=None, subsets={}, config=run_config, complete=False)
+  partial = out_dir / PARTIAL_FILE
+  resumed = _read_partial(partial, run_config)
+  known = {(s, r.index) for s, (recs, _) in data.items() for r in recs}
+  resumed = {k: v for k, v in resumed.items() if k in known}
+  if resumed:
+    print(f"processbench: resuming, {len(resumed)} of {total} records already predicted in {partial}",
+          file=sys.stderr, flush=True)
+  _start_partial(partial, run_config, resumed)
+  results: dict[str, Any] = dict(mean_f1=None, subsets={}, config=run_config, complete=False,
+                                 resumed_records=len(resumed))
   pred_lines: list[dict] = []
   t_start = time.monotonic()
-  done_all = 0
+  done_all = len(resumed)
   warnings = {}
   for subset, (records, bad) in data.items():
     n_err = sum(r.label != -1 for r in records)
@@ -330,9 +344,9 @@ def evaluate(source: str | os.PathLike, subsets: Sequence[str], predict_fn: Call
       warnings[subset] = (f"no {kind} records among the {len(records)} selected, so its accuracy and F1 are undefined"
                           + (f" (limit={limit}, limit_mode={limit_mode!r}; try {hint})" if limit else ""))
       print(f"warning: processbench {subset}: {warnings[subset]}", file=sys.stderr, flush=True)
-    order = sorted(range(len(records)), key=lambda i: _length_key(records[i])) if sort_by_length else \
-        list(range(len(records)))
-    preds: list[Prediction | None] = [None] * len(records)
+    preds: list[Prediction | None] = [resumed.get((subset, r.index)) for r in records]
+    todo = [i for i, p in enumerate(preds) if p is None]
+    order = sorted(todo, key=lambda i: _length_key(records[i])) if sort_by_length else todo
     for start in range(0, len(order), batch_size):
       idx = order[start:start + batch_size]
       batch = [records[i] for i in idx]
@@ -341,13 +355,17 @@ def evaluate(source: str | os.PathLike, subsets: Sequence[str], predict_fn: Call
         raise ValueError(f"predict_fn returned {len(out)} predictions for a batch of {len(batch)} records")
       for i, rec, p in zip(idx, batch, out):
         preds[i] = _checked(p, rec)
+      _append_partial(partial, [dict(subset=subset, record=records[i].index, pred=dataclasses.asdict(preds[i]))
+                                for i in idx])
       done_all += len(batch)
       if progress:
         el = time.monotonic() - t_start
-        rate = done_all / el if el > 0 else 0.0
+        ran = done_all - len(resumed)
+        rate = ran / el if el > 0 else 0.0
         eta = (total - done_all) / rate if rate > 0 else 0.0
-        print(f"processbench {subset}: {start + len(batch)}/{len(records)} | all {done_all}/{total} records, "
-              f"{rate:.2f} rec/s, elapsed {_fmt_time(el)}, eta {_fmt_time(eta)}", file=sys.stderr, flush=True)
+        print(f"processbench {subset}: {len(records) - len(order) + start + len(batch)}/{len(records)} | all "
+              f"{done_all}/{total} records, {rate:.2f} rec/s, elapsed {_fmt_time(el)}, eta {_fmt_time(eta)}",
+              file=sys.stderr, flush=True)
     m = score([r.label for r in records], [p.index for p in preds])
     m.update(unparseable=sum(1 for p in preds if p.status == "unparseable"),
              too_long=sum(1 for p in preds if p.status == "too_long"),
@@ -364,7 +382,54 @@ def evaluate(source: str | os.PathLike, subsets: Sequence[str], predict_fn: Call
   results["mean_f1"] = mean_f1([m["f1"] for m in results["subsets"].values()])
   results["complete"] = True
   _write_outputs(out_dir, results, pred_lines)
+  partial.unlink(missing_ok=True)
   return results
+
+
+PARTIAL_FILE = "partial.jsonl"
+
+
+def _read_partial(path: Path, run_config: dict) -> dict[tuple[str, int], Prediction]:
+  """Predictions kept by an interrupted run with the same settings: {(subset, index): Prediction}. A torn last
+  line (a kill during the append) is skipped; a file from other settings gives {} and a warning."""
+  if not path.exists():
+    return {}
+  lines = path.read_text(encoding="utf-8").splitlines()
+  try:
+    header = json.loads(lines[0])["config"] if lines else None
+  except (json.JSONDecodeError, KeyError, TypeError):
+    header = None
+  want = json.loads(json.dumps(run_config))  # as it reads back (tuples become lists)
+  if header != want:
+    header = header if isinstance(header, dict) else {}
+    differ = sorted(k for k in set(header) | set(want) if header.get(k) != want.get(k))
+    print(f"warning: processbench: {path} holds predictions of a run with other settings (differing: "
+          f"{', '.join(differ) or 'unreadable header'}); starting afresh and replacing it", file=sys.stderr, flush=True)
+    return {}
+  out = {}
+  fields = {f.name for f in dataclasses.fields(Prediction)}
+  for line in lines[1:]:
+    try:
+      row = json.loads(line)
+      out[(row["subset"], row["record"])] = Prediction(**{k: row["pred"][k] for k in fields})
+    except (json.JSONDecodeError, KeyError, TypeError):
+      continue
+  return out
+
+
+def _start_partial(path: Path, run_config: dict, kept: dict[tuple[str, int], Prediction]) -> None:
+  """Rewrites partial.jsonl atomically: the settings, then the kept predictions."""
+  rows = [dict(config=run_config)]
+  rows += [dict(subset=s, record=i, pred=dataclasses.asdict(p)) for (s, i), p in kept.items()]
+  write_jsonl_atomic(path, rows)
+
+
+def _append_partial(path: Path, rows: list[dict]) -> None:
+  with open(path, "a", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _write_outputs(out_dir: Path, results: dict, pred_lines: list[dict]) -> None:
@@ -538,7 +603,8 @@ def _define_flags() -> None:
   from absl import flags
 
   flags.DEFINE_string("model", None, "Hugging Face model directory (config.json + safetensors + tokenizer).")
-  flags.DEFINE_string("out", None, "Output directory for results.json and predictions.jsonl.")
+  flags.DEFINE_string("out", None, "Output directory for results.json and predictions.jsonl. A run killed midway "
+                      "goes on from its finished batches (out/partial.jsonl) when started again with the same flags.")
   flags.DEFINE_string("data", str(DEFAULT_DATA), "Directory with {subset}.json, or a Hugging Face dataset name "
                       f"(e.g. {HF_DATASET}).")
   flags.DEFINE_list("subsets", list(SUBSETS), "Comma-separated subsets to evaluate.")
