@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -220,8 +220,17 @@ def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelCo
 
   prompt_BP: int32 prompt tokens, left-padded; prompt_mask_BP: True on real tokens. Each row needs >= 1 token.
   The KV cache holds P + max_new_tokens slots (or `cache_len` if larger).
+
+  Prompt groups: prompt_BP and prompt_mask_BP may instead be equal-length tuples of [B_g, P_g] arrays, rows in group
+  order (B = sum B_g). Each group is prefilled at its own length; decoding then writes every row's new tokens from
+  slot P = max P_g on. Attention depends on which slots are valid and on the rope positions (which skip padding),
+  not on where the slots sit, so the samples equal those of the groups' prompts left-padded to P and concatenated,
+  up to float rounding, for sum_g B_g * P_g prefill tokens instead of B * P.
   """
-  B, P = prompt_BP.shape
+  groups = tuple(zip(prompt_BP, prompt_mask_BP)) if isinstance(prompt_BP, (tuple, list)) else \
+      ((prompt_BP, prompt_mask_BP),)
+  P = max(p.shape[1] for p, _ in groups)
+  B = sum(p.shape[0] for p, _ in groups)
   G = keys_BG.shape[1]
   T = sp.max_new_tokens
   S = max(P + T, cache_len or 0)
@@ -229,10 +238,17 @@ def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelCo
 
   # Prefill once per prompt, then give each of the G samples its own copy of the cache row. The prefill's cache
   # holds the prompt slots only (the slots after them would all be masked out); it grows to S slots afterwards.
-  positions = transformer.positions_from_mask(prompt_mask_BP)
-  hidden, cache = prefill(params, cfg, prompt_BP, positions, prompt_mask_BP, sp.prefill_chunk)
-  cache = transformer.grow_cache(cache, S)
-  logits = transformer.unembed(params, cfg, hidden[:, -1:])[:, 0]
+  caches, logits, lengths = [], [], []
+  for prompt_bp, mask_bp in groups:
+    positions = transformer.positions_from_mask(mask_bp)
+    hidden, cache = prefill(params, cfg, prompt_bp, positions, mask_bp, sp.prefill_chunk)
+    caches.append(transformer.grow_cache(cache, S))
+    logits.append(transformer.unembed(params, cfg, hidden[:, -1:])[:, 0])
+    lengths.append(jnp.sum(mask_bp, axis=1).astype(jnp.int32))
+  cache = caches[0] if len(groups) == 1 else transformer.KVCache(*(jnp.concatenate(parts, axis=axis) for parts, axis in (
+      ([c.k_LBKSH for c in caches], 1), ([c.v_LBKSH for c in caches], 1), ([c.valid_BS for c in caches], 0))))
+  logits = jnp.concatenate(logits) if len(groups) > 1 else logits[0]
+  prompt_lengths = jnp.concatenate(lengths) if len(groups) > 1 else lengths[0]
   if G > 1:
     cache = transformer.KVCache(jnp.repeat(cache.k_LBKSH, G, axis=1), jnp.repeat(cache.v_LBKSH, G, axis=1),
                                 jnp.repeat(cache.valid_BS, G, axis=0))
@@ -240,7 +256,7 @@ def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelCo
   keys = keys_BG.reshape(B * G)
   # All steps' keys at once, outside the decode loop (fold_in is also a small while loop per call on CPU).
   step_keys_TB = jax.vmap(lambda t: jax.vmap(lambda k: jax.random.fold_in(k, t))(keys))(jnp.arange(T))
-  next_pos = jnp.repeat(jnp.sum(prompt_mask_BP, axis=1).astype(jnp.int32), G)
+  next_pos = jnp.repeat(prompt_lengths, G)
 
   tok, logp = _choose(logits, step_keys_TB[0], sp)
   done = jnp.isin(tok, stop)
@@ -289,7 +305,7 @@ def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelCo
 def sample(params, prompt_BP, prompt_mask_BP, rng, *, cfg: ModelConfig, sp: SamplingParams,
            cache_len: int | None = None) -> SampleOutput:
   """`sample_with_keys` with per-sample keys split from one PRNG key: keys[b, g] = split(rng, B * G)[b * G + g]."""
-  B = prompt_BP.shape[0]
+  B = sum(p.shape[0] for p in prompt_BP) if isinstance(prompt_BP, (tuple, list)) else prompt_BP.shape[0]
   keys = jax.random.split(rng, B * sp.num_samples).reshape(B, sp.num_samples)
   return sample_with_keys(params, prompt_BP, prompt_mask_BP, keys, cfg=cfg, sp=sp, cache_len=cache_len)
 
@@ -316,6 +332,37 @@ def bucket_length(n: int, minimum: int = 16) -> int:
   while b < n:
     b *= 2
   return b
+
+
+def group_prompts(lengths: Sequence[int], max_groups: int, bucket: Callable[[int], int] = bucket_length) -> list[
+    np.ndarray]:
+  """Splits prompts into <= max_groups groups of similar length for `sample_with_keys`'s prompt groups.
+
+  lengths: each prompt's token count. Returns index arrays (into `lengths`), shortest prompts first. The groups are
+  contiguous runs of the prompts sorted by length, chosen by dynamic programming to minimise the padded prefill
+  tokens sum_g |g| * bucket(max length in g); a split that does not lower it is not made (each group is one more
+  prefill in the compiled program).
+  """
+  order = np.argsort(np.asarray(lengths), kind="stable")
+  L = [int(lengths[i]) for i in order]
+  n = len(L)
+  # best[g][j]: least padded tokens for the j shortest prompts in g groups; cut[g][j]: where the last group starts.
+  best = [[None] * (n + 1) for _ in range(max_groups + 1)]
+  cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+  best[0][0] = 0
+  for g in range(1, max_groups + 1):
+    for j in range(1, n + 1):
+      for i in range(j):
+        if best[g - 1][i] is not None:
+          cost = best[g - 1][i] + (j - i) * bucket(L[j - 1])
+          if best[g][j] is None or cost < best[g][j]:
+            best[g][j], cut[g][j] = cost, i
+  g = min((k for k in range(1, max_groups + 1) if best[k][n] is not None), key=lambda k: (best[k][n], k))
+  bounds = [n]
+  for k in range(g, 0, -1):
+    bounds.append(cut[k][bounds[-1]])
+  bounds = bounds[::-1]
+  return [order[bounds[k]:bounds[k + 1]] for k in range(g)]
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, length: int | None = None):

@@ -33,15 +33,22 @@ class Generator:
     bucket: padded prompt length for a longest prompt of n tokens (default `sampling.bucket_length`).
     fill_last: pad a short last call with repeats of its last prompt, so every call has one shape; False runs it
       at its own size (one more compilation, no wasted rows; single-device only).
+    prefill_groups: split each call's prompts by length into up to this many groups, each padded to its own bucket
+      (`sampling.group_prompts`; `sampling.sample_with_keys`'s prompt groups), so a few long prompts do not pad
+      every row to their length. Same samples as one group up to float rounding; single-device only.
   """
 
   def __init__(self, cfg, pad_id: int, *, rows: int | None = 256, param_shardings=None, mesh=None,
-               bucket: Callable[[int], int] = sampling.bucket_length, fill_last: bool = True):
-    if mesh is not None and (not fill_last or rows is None):
-      raise ValueError("fill_last=False and rows=None need a single device (mesh=None): every call must split over "
-                       "the mesh")
+               bucket: Callable[[int], int] = sampling.bucket_length, fill_last: bool = True,
+               prefill_groups: int = 1):
+    if mesh is not None and (not fill_last or rows is None or prefill_groups > 1):
+      raise ValueError("fill_last=False, rows=None and prefill_groups > 1 need a single device (mesh=None): every "
+                       "call must split over the mesh")
+    if prefill_groups < 1:
+      raise ValueError(f"prefill_groups={prefill_groups}: expected >= 1")
     self.cfg, self.pad, self.rows = cfg, pad_id, rows
     self.param_shardings, self.mesh, self.bucket, self.fill_last = param_shardings, mesh, bucket, fill_last
+    self.prefill_groups = prefill_groups
     self._samplers = {}
 
   def _sampler(self, sp: sampling.SamplingParams):
@@ -76,6 +83,22 @@ class Generator:
                   jax.make_array_from_process_local_data(rows, mask[local]), key)
     return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), out)
 
+  def _grouped_call(self, params, chunk, P, sp, key):
+    """`_call` with the prompts in length groups (`sampling.group_prompts`), each padded to min(bucket, P); the
+    rows come back in the chunk's order, each with the key the one-group call gives it."""
+    n = sp.num_samples
+    groups = sampling.group_prompts([len(p) for p in chunk], self.prefill_groups,
+                                    lambda m: min(self.bucket(m), P))
+    padded = [sampling.pad_prompts([chunk[i] for i in g], self.pad, min(self.bucket(max(len(chunk[i]) for i in g)), P))
+              for g in groups]
+    order = np.concatenate(groups)
+    keys = jax.random.split(key, len(chunk) * n).reshape(len(chunk), n)[order]
+    out = jax.device_get(sampling.sample_with_keys_jit(params, tuple(t for t, _ in padded), tuple(m for _, m in padded),
+                                                       keys, cfg=self.cfg, sp=sp))
+    rows = np.empty(len(chunk) * n, np.int64)  # output row of each (prompt, sample), in the chunk's order
+    rows[(order[:, None] * n + np.arange(n)).reshape(-1)] = np.arange(len(chunk) * n)
+    return jax.tree.map(lambda a: a[rows], out)
+
   def generate(self, params, prompts: Sequence[Sequence[int]], sp: sampling.SamplingParams, key, *,
                max_prompt_len: int | None = None, desc: str | None = None) -> list[list[Completion]]:
     """`sp.num_samples` completions of each prompt: [len(prompts)][n]. Call c uses key fold_in(key, c); the n
@@ -94,8 +117,11 @@ class Generator:
       real = len(chunk)
       if self.fill_last:
         chunk = chunk + [chunk[-1]] * (per_call - real)
-      tokens, mask = sampling.pad_prompts(chunk, self.pad, P)
-      res = self._call(sampler, params, tokens, mask, jax.random.fold_in(key, c))
+      if self.prefill_groups > 1:
+        res = self._grouped_call(params, chunk, P, sp, jax.random.fold_in(key, c))
+      else:
+        tokens, mask = sampling.pad_prompts(chunk, self.pad, P)
+        res = self._call(sampler, params, tokens, mask, jax.random.fold_in(key, c))
       for b in range(real):
         out.append([Completion(res.tokens[r, :res.lengths[r]].tolist(), bool(res.finished[r]))
                     for r in range(b * n, (b + 1) * n)])

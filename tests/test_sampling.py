@@ -151,6 +151,24 @@ def test_chunked_prefill_equals_one_pass(params):
     SamplingParams(prefill_chunk=-1)
 
 
+def test_prompt_groups_equal_one_left_padded_batch(params):
+  """Prompts in two groups of their own padded lengths (16 and 64, the longer one prefilled in chunks of 16) sample
+  what the same rows left-padded to 64 in one batch sample, with the same per-row keys."""
+  short, long_ = [[3, 1], [12, 13, 14, 15], [9]], [list(range(1, 41)), [(7 * i) % 60 + 1 for i in range(23)]]
+  sp = SamplingParams(max_new_tokens=6, temperature=0.8, num_samples=2, prefill_chunk=16)
+  keys = jax.random.split(jax.random.key(7), 10).reshape(5, 2)
+  tokens, mask = sampling.pad_prompts(short + long_, 0, 64)
+  one = sampling.sample_with_keys_jit(params, tokens, mask, keys, cfg=CFG, sp=sp)
+  (t1, m1), (t2, m2) = sampling.pad_prompts(short, 0, 16), sampling.pad_prompts(long_, 0, 64)
+  grouped = sampling.sample_with_keys_jit(params, (t1, t2), (m1, m2), keys, cfg=CFG, sp=sp)
+  np.testing.assert_array_equal(one.tokens, grouped.tokens)
+  np.testing.assert_array_equal(one.lengths, grouped.lengths)
+  # Only float32 rounding differs (see test_chunked_prefill_equals_one_pass).
+  np.testing.assert_allclose(one.logprobs, grouped.logprobs, atol=1e-4)
+  out = sampling.sample_jit(params, (t1, t2), (m1, m2), jax.random.key(7), cfg=CFG, sp=sp)
+  assert out.tokens.shape == (10, 6)
+
+
 @pytest.mark.parametrize("kw,msg", [(dict(top_p=0.0), "top_p=0.0"), (dict(top_p=1.5), "top_p=1.5"),
                                     (dict(temperature=-1.0), "temperature"), (dict(max_new_tokens=0), "max_new")])
 def test_bad_sampling_params(kw, msg):

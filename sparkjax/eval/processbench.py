@@ -495,8 +495,10 @@ def prompt_bucket(n: int) -> int:
 class GenerativeCritic:
   """A HF causal LM prompted with the critique template, decoded by a `sparkjax.text_generation.Generator`.
 
-  Each call pads its prompts to one bucketed length (`prompt_bucket`); one program is compiled per distinct
-  (rows, bucket). A short last batch is not padded with dummy rows: under sort-by-length it holds the longest
+  Each call splits its prompts into up to `prefill_groups` length groups, each padded to its own bucketed length
+  (`prompt_bucket`, `sampling.group_prompts`): a few long prompts no longer pad the whole batch (on the 50-record
+  spreads, 0.49-0.66x the padded prefill tokens of one group with 3 groups). One program is compiled per distinct
+  grouping. A short last batch is not padded with dummy rows: under sort-by-length it holds the longest
   prompts, where a wasted row costs far more prefill than one extra compilation.
   Prompts that do not fit are not truncated: a prompt of L tokens needs L + max_new_tokens <= max_len (default the
   model's max_position_embeddings); longer ones get status "too_long" (index None, scored as wrong) and are not run.
@@ -504,7 +506,7 @@ class GenerativeCritic:
 
   def __init__(self, model_dir: str | os.PathLike, *, max_new_tokens: int = 512,
                temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, dtype: str = "float32",
-               max_len: int | None = None):
+               max_len: int | None = None, prefill_groups: int = 3):
     from sparkjax import sampling, text_generation
     from sparkjax.models import hf, tokenizer as tok_lib
 
@@ -525,14 +527,16 @@ class GenerativeCritic:
     self.seed, self.dtype = seed, dtype
     self._calls = 0
     # All of a call's prompts in one sampler call, without dummy rows (see the class docstring).
-    self.generator = text_generation.Generator(self.cfg, pad, rows=None, bucket=prompt_bucket, fill_last=False)
+    self.generator = text_generation.Generator(self.cfg, pad, rows=None, bucket=prompt_bucket, fill_last=False,
+                                               prefill_groups=prefill_groups)
 
   @property
   def config(self) -> dict:
     """Settings that determine the predictions (stored in results.json)."""
     return dict(model=self.model_dir, model_type=self.cfg.model_type, max_new_tokens=self.sp.max_new_tokens,
                 temperature=self.sp.temperature, top_p=self.sp.top_p, top_k=self.sp.top_k, seed=self.seed,
-                dtype=self.dtype, max_len=self.max_len, template="official critique_template.txt")
+                dtype=self.dtype, max_len=self.max_len, prefill_groups=self.generator.prefill_groups,
+                template="official critique_template.txt")
 
   def prompt_ids(self, record: Record) -> list[int]:
     """Token ids of the critique prompt as a single user turn, with the assistant turn opened."""
@@ -618,6 +622,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("top_k", 0, "Top-k filter; 0 = off.")
   flags.DEFINE_integer("seed", 0, "PRNG seed (matters only with temperature > 0).")
   flags.DEFINE_integer("max_len", None, "Context budget (prompt + critique tokens); default the model's.")
+  flags.DEFINE_integer("prefill_groups", 3, "A batch's prompts are prefilled in up to this many length groups, each "
+                       "padded to its own length (1 = all padded to the longest; results equal up to float rounding).")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
   flags.DEFINE_enum("format", "critic", ["critic", "prm", "prm_cot", "orm", "disc"], "critic: the official critique "
                     "prompt (any instruct model); otherwise a PRM trained by sparkjax.spark.prm_train in that format.")
@@ -652,7 +658,7 @@ def _run_cli() -> int:
   if FLAGS.format == "critic":
     critic = GenerativeCritic(FLAGS.model, max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
                               top_p=FLAGS.top_p, top_k=FLAGS.top_k, seed=FLAGS.seed, dtype=FLAGS.dtype,
-                              max_len=FLAGS.max_len)
+                              max_len=FLAGS.max_len, prefill_groups=FLAGS.prefill_groups)
   else:
     critic = PRMCritic(FLAGS.model, FLAGS.format, max_new_tokens=FLAGS.max_new_tokens, dtype=FLAGS.dtype)
   print(f"loaded {critic.cfg.model_type} ({critic.cfg.num_params() / 1e6:.1f}M params) in {time.time() - t0:.1f}s",
