@@ -245,10 +245,10 @@ def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelCo
     caches.append(transformer.grow_cache(cache, S))
     logits.append(transformer.unembed(params, cfg, hidden[:, -1:])[:, 0])
     lengths.append(jnp.sum(mask_bp, axis=1).astype(jnp.int32))
-  cache = caches[0] if len(groups) == 1 else transformer.KVCache(*(jnp.concatenate(parts, axis=axis) for parts, axis in (
-      ([c.k_LBKSH for c in caches], 1), ([c.v_LBKSH for c in caches], 1), ([c.valid_BS for c in caches], 0))))
-  logits = jnp.concatenate(logits) if len(groups) > 1 else logits[0]
-  prompt_lengths = jnp.concatenate(lengths) if len(groups) > 1 else lengths[0]
+  join = lambda parts, axis: parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+  cache = transformer.KVCache(join([c.k_LBKSH for c in caches], 1), join([c.v_LBKSH for c in caches], 1),
+                              join([c.valid_BS for c in caches], 0))
+  logits, prompt_lengths = join(logits, 0), join(lengths, 0)
   if G > 1:
     cache = transformer.KVCache(jnp.repeat(cache.k_LBKSH, G, axis=1), jnp.repeat(cache.v_LBKSH, G, axis=1),
                                 jnp.repeat(cache.valid_BS, G, axis=0))

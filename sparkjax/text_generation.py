@@ -87,9 +87,9 @@ class Generator:
     """`_call` with the prompts in length groups (`sampling.group_prompts`), each padded to min(bucket, P); the
     rows come back in the chunk's order, each with the key the one-group call gives it."""
     n = sp.num_samples
-    groups = sampling.group_prompts([len(p) for p in chunk], self.prefill_groups,
-                                    lambda m: min(self.bucket(m), P))
-    padded = [sampling.pad_prompts([chunk[i] for i in g], self.pad, min(self.bucket(max(len(chunk[i]) for i in g)), P))
+    size = lambda longest: min(self.bucket(longest), P)
+    groups = sampling.group_prompts([len(p) for p in chunk], self.prefill_groups, size)
+    padded = [sampling.pad_prompts([chunk[i] for i in g], self.pad, size(max(len(chunk[i]) for i in g)))
               for g in groups]
     order = np.concatenate(groups)
     keys = jax.random.split(key, len(chunk) * n).reshape(len(chunk), n)[order]
