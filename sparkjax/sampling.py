@@ -302,11 +302,16 @@ def sample_with_keys(params, prompt_BP, prompt_mask_BP, keys_BG, *, cfg: ModelCo
   return SampleOutput(out_tok, out_logp, lengths, done)
 
 
+def sample_keys(rng, B: int, G: int):
+  """Per-sample keys [B, G] from one PRNG key: keys[b, g] = split(rng, B * G)[b * G + g]."""
+  return jax.random.split(rng, B * G).reshape(B, G)
+
+
 def sample(params, prompt_BP, prompt_mask_BP, rng, *, cfg: ModelConfig, sp: SamplingParams,
            cache_len: int | None = None) -> SampleOutput:
-  """`sample_with_keys` with per-sample keys split from one PRNG key: keys[b, g] = split(rng, B * G)[b * G + g]."""
+  """`sample_with_keys` with the per-sample keys `sample_keys(rng, B, G)`."""
   B = sum(p.shape[0] for p in prompt_BP) if isinstance(prompt_BP, (tuple, list)) else prompt_BP.shape[0]
-  keys = jax.random.split(rng, B * sp.num_samples).reshape(B, sp.num_samples)
+  keys = sample_keys(rng, B, sp.num_samples)
   return sample_with_keys(params, prompt_BP, prompt_mask_BP, keys, cfg=cfg, sp=sp, cache_len=cache_len)
 
 

@@ -92,7 +92,7 @@ class Generator:
     padded = [sampling.pad_prompts([chunk[i] for i in g], self.pad, size(max(len(chunk[i]) for i in g)))
               for g in groups]
     order = np.concatenate(groups)
-    keys = jax.random.split(key, len(chunk) * n).reshape(len(chunk), n)[order]
+    keys = sampling.sample_keys(key, len(chunk), n)[order]
     out = jax.device_get(sampling.sample_with_keys_jit(params, tuple(t for t, _ in padded), tuple(m for _, m in padded),
                                                        keys, cfg=self.cfg, sp=sp))
     rows = np.empty(len(chunk) * n, np.int64)  # output row of each (prompt, sample), in the chunk's order
