@@ -131,17 +131,21 @@ class Generator:
 class TextModel:
   """A model + tokenizer that turns prompt texts into sampled completion texts (a text layer over `Generator`).
 
-  encode(text) -> token ids; decode(ids) -> text. `rows` bounds the rows (prompts x samples) of one sampler call.
+  encode(text) -> token ids; decode(ids) -> text. `rows` bounds the rows (prompts x samples) of one sampler call;
+  `prefill_groups` as in `Generator` (single device only).
   """
 
   def __init__(self, params, cfg, encode: Callable[[str], list[int]], decode: Callable[[Sequence[int]], str],
-               stop_tokens: tuple[int, ...], pad_id: int, rows: int = 256, param_shardings=None, mesh=None):
+               stop_tokens: tuple[int, ...], pad_id: int, rows: int = 256, param_shardings=None, mesh=None,
+               prefill_groups: int = 1):
     self.params = params
-    self.generator = Generator(cfg, pad_id, rows=rows, param_shardings=param_shardings, mesh=mesh)
+    self.generator = Generator(cfg, pad_id, rows=rows, param_shardings=param_shardings, mesh=mesh,
+                               prefill_groups=prefill_groups)
     self.encode, self.decode, self.stop, self.pad = encode, decode, stop_tokens, pad_id
 
   @classmethod
-  def from_dir(cls, model_dir, rows: int, *, chat: bool, params=None, cfg=None, mesh=None) -> "TextModel":
+  def from_dir(cls, model_dir, rows: int, *, chat: bool, params=None, cfg=None, mesh=None,
+               prefill_groups: int = 1) -> "TextModel":
     """A Hugging Face directory's model and tokenizer as a TextModel: prompts wrapped in the tokenizer's chat template
     (assistant turn opened) when `chat`, else encoded without special tokens; completions decoded without special
     tokens; stop at the tokenizer's and the generation config's eos ids. `params` (and `cfg`): weights already
@@ -162,7 +166,7 @@ class TextModel:
     encode = ((lambda t: tok_lib.encode_prompt(tok, t, chat=True)) if chat else
               (lambda t: tok.encode(t, add_special_tokens=False)))
     return cls(params, cfg, encode, lambda ids: tok.decode(ids, skip_special_tokens=True), stop, pad, rows, shardings,
-               mesh)
+               mesh, prefill_groups)
 
   def sample_texts(self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, key,
                    top_p: float = 1.0, desc: str | None = None) -> list[list[str]]:

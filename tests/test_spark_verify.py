@@ -54,9 +54,13 @@ def test_sample_texts_batches_like_one_prompt_at_a_time():
   prompts = [arith.prompt_text(arith.problem_at(1, i, WORLD)) for i in range(5)]
   big = text_generation.TextModel(params, cfg, tok.encode, decode, (tok.eos_token_id,), tok.pad_token_id, rows=64)
   small = text_generation.TextModel(params, cfg, tok.encode, decode, (tok.eos_token_id,), tok.pad_token_id, rows=2)
+  grouped = text_generation.TextModel(params, cfg, tok.encode, decode, (tok.eos_token_id,), tok.pad_token_id,
+                                      rows=8, prefill_groups=2)
+  prompts[1] = prompts[1] + " " + prompts[2]  # lengths differ, so the 4-prompt call splits into two groups
   a = big.sample_texts(prompts, 2, 6, 0.0, jax.random.key(1))
   b = small.sample_texts(prompts, 2, 6, 0.0, jax.random.key(1))  # one prompt (2 rows) per call, last one padded
-  assert a == b and len(a) == 5 and all(len(r) == 2 for r in a)
+  c = grouped.sample_texts(prompts, 2, 6, 0.0, jax.random.key(1))  # 4 prompts per call, in length groups
+  assert a == b == c and len(a) == 5 and all(len(r) == 2 for r in a)
   assert all(r[0] == r[1] for r in a)  # greedy: the two samples sharing a prefill agree
 
 

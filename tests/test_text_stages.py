@@ -62,9 +62,9 @@ class FakeModel:
     return out
 
 
-def _run(tmp_path, monkeypatch, calls, fail_on=None, rows=4):
-  monkeypatch.setattr(ts.TextModel, "from_dir", classmethod(lambda cls, d, rows, chat: FakeModel(calls, fail_on)))
-  s = ts.Stage1Settings(problems=3, m=2, n=3, rows=rows)
+def _run(tmp_path, monkeypatch, calls, fail_on=None, rows=4, prefill_groups=3):
+  monkeypatch.setattr(ts.TextModel, "from_dir", classmethod(lambda cls, d, rows, chat, prefill_groups: FakeModel(calls, fail_on)))
+  s = ts.Stage1Settings(problems=3, m=2, n=3, rows=rows, prefill_groups=prefill_groups)
   return ts.stage1("gen", "ver", PROBLEMS, s, tmp_path)
 
 
@@ -73,11 +73,11 @@ def test_stage1_variants_checks_and_resume(tmp_path, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     _run(tmp_path, monkeypatch, calls, fail_on="merge")
   assert calls == ["generate", "verify", "critique", "merge"]
-  # The kept phases belong to these settings: other settings are refused, other rows are not.
+  # The kept phases belong to these settings: other settings are refused, other rows and prompt groups are not.
   with pytest.raises(ValueError, match=r"other settings \(n: kept 3, now 2\)"):
     ts.stage1("gen", "ver", PROBLEMS, ts.Stage1Settings(problems=3, m=2, n=2, rows=4), tmp_path)
   calls.clear()
-  table = _run(tmp_path, monkeypatch, calls, rows=8)
+  table = _run(tmp_path, monkeypatch, calls, rows=8, prefill_groups=1)
   # Generation and verification were kept; only the unfinished phases ran again.
   assert calls == ["critique", "merge", "critique", "merge", "verify (reference)"]
   assert table["solutions"] == 6 and table["readable"] == 4 and table["answers_correct"] == 2
@@ -99,7 +99,7 @@ def test_stage1_variants_checks_and_resume(tmp_path, monkeypatch):
 
 
 def test_stage1_nothing_readable(tmp_path, monkeypatch):
-  monkeypatch.setattr(ts.TextModel, "from_dir", classmethod(lambda cls, d, rows, chat: FakeModel([])))
+  monkeypatch.setattr(ts.TextModel, "from_dir", classmethod(lambda cls, d, rows, chat, prefill_groups: FakeModel([])))
   with pytest.raises(ValueError, match="none of the generator's 2 solutions"):
     ts.stage1("gen", "ver", PROBLEMS[2:], ts.Stage1Settings(problems=1, m=2, n=2), tmp_path)
   assert (tmp_path / "solutions.jsonl").is_file()

@@ -21,7 +21,7 @@ as a HF directory, and scored with `eval.processbench.evaluate` on a spread of e
 OUT holds solutions.jsonl (every generated solution, readable or not), the `<variant>.jsonl` files, stage1.json (the
 counts and checks), and with Stage II prm/ (the model), processbench/ (results.json, predictions.jsonl) and
 stage2.json. A killed run keeps Stage I's finished phases under OUT/partial (continued only with the same settings;
---rows may change) and Stage II's PRM once saved.
+--rows and --prefill_groups may change) and Stage II's PRM once saved.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class Stage1Settings:
   top_p: float = 0.95
   max_new_tokens: int = 384
   rows: int = 32  # sampler rows per call
+  prefill_groups: int = 3  # each call's prompts prefilled in up to this many length groups (`Generator`)
   seed: int = 0
 
 
@@ -114,9 +115,10 @@ def _outcome_checks(items, variants: dict, correct: dict) -> dict:
 
 def _check_resume(cache: Path, run: dict) -> None:
   """Refuses to continue the phases kept in `cache` under other settings (they would be mixed into one Stage I
-  silently); `rows` may change (after running out of memory, say): it groups the calls, not what is computed."""
+  silently); `rows` and `prefill_groups` may change (after running out of memory, say): they group the calls and
+  their prompts, not what is computed (up to float rounding)."""
   f = cache / "settings.json"
-  run = {k: v for k, v in run.items() if k != "rows"}
+  run = {k: v for k, v in run.items() if k not in ("rows", "prefill_groups")}
   if f.is_file():
     kept = json.loads(f.read_text())
     diff = [f"{k}: kept {kept.get(k)!r}, now {v!r}" for k, v in run.items() if kept.get(k) != v]
@@ -147,7 +149,7 @@ def stage1(generator_dir: str, verifier_dir: str, problems: Sequence[math_data.M
   t0 = time.time()
 
   def gen():
-    model = TextModel.from_dir(generator_dir, s.rows, chat=True)
+    model = TextModel.from_dir(generator_dir, s.rows, chat=True, prefill_groups=s.prefill_groups)
     return generate_items(model, problems, s, k_gen), time.time() - t0
 
   (items, rows), gen_seconds = phase_cache(cache, "solutions", gen)
@@ -164,7 +166,7 @@ def stage1(generator_dir: str, verifier_dir: str, problems: Sequence[math_data.M
     pool.close()
   correct = {it.id: bool(g) for it, g in zip(items, graded)}
   t1 = time.time()
-  verifier = TextModel.from_dir(verifier_dir, s.rows, chat=True)
+  verifier = TextModel.from_dir(verifier_dir, s.rows, chat=True, prefill_groups=s.prefill_groups)
   vc = verify_lib.VerifyConfig(n=s.n, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                                style="llm")
   variants, parts = verify_lib.stage1_variants(verifier, items, vc, (k_ver, k_ref, k_mc1, k_mc2),
