@@ -62,10 +62,21 @@ class FakeModel:
     return out
 
 
+def _fake_from_dir(monkeypatch, model, groups_seen=None):
+  """TextModel.from_dir replaced by `model`; the prompt groups each load asked for go to `groups_seen`."""
+  def from_dir(cls, d, rows, chat, prefill_groups):
+    (groups_seen if groups_seen is not None else []).append(prefill_groups)
+    return model
+  monkeypatch.setattr(ts.TextModel, "from_dir", classmethod(from_dir))
+
+
 def _run(tmp_path, monkeypatch, calls, fail_on=None, rows=4, prefill_groups=3):
-  monkeypatch.setattr(ts.TextModel, "from_dir", classmethod(lambda cls, d, rows, chat, prefill_groups: FakeModel(calls, fail_on)))
+  groups_seen = []
+  _fake_from_dir(monkeypatch, FakeModel(calls, fail_on), groups_seen)
   s = ts.Stage1Settings(problems=3, m=2, n=3, rows=rows, prefill_groups=prefill_groups)
-  return ts.stage1("gen", "ver", PROBLEMS, s, tmp_path)
+  table = ts.stage1("gen", "ver", PROBLEMS, s, tmp_path)
+  assert set(groups_seen) <= {prefill_groups}  # the setting reaches every model loaded
+  return table
 
 
 def test_stage1_variants_checks_and_resume(tmp_path, monkeypatch):
@@ -99,7 +110,7 @@ def test_stage1_variants_checks_and_resume(tmp_path, monkeypatch):
 
 
 def test_stage1_nothing_readable(tmp_path, monkeypatch):
-  monkeypatch.setattr(ts.TextModel, "from_dir", classmethod(lambda cls, d, rows, chat, prefill_groups: FakeModel([])))
+  _fake_from_dir(monkeypatch, FakeModel([]))
   with pytest.raises(ValueError, match="none of the generator's 2 solutions"):
     ts.stage1("gen", "ver", PROBLEMS[2:], ts.Stage1Settings(problems=1, m=2, n=2), tmp_path)
   assert (tmp_path / "solutions.jsonl").is_file()
