@@ -75,19 +75,24 @@ def get_config(arg=None):
                    "step_consistency:prm_cot", "reference_guided:prm_cot", "gold:prm_cot", "step_consistency:orm"]
   # Large batches: on exact labels the discriminative PRM stays at its label prior (F1 0) for 1000 steps of 32 and
   # learns at 256 (README); the gradient noise held it back. lr 3e-3: the exact-label PRM-CoT scored 81.9 against
-  # 35.0 at 1e-3 (one run each, before the held-out split). On unseen problems (the split) the exact-label disc PRM
-  # scores 62.4 after 500 steps and 59.4 after 1000 (one run each, AMD EPYC): more steps fit the training problems,
-  # not the check. `format_steps` can give a format its own count (none does here: every PRM has one budget).
+  # 35.0 at 1e-3 (one run each, before the held-out split). The discriminative PRM trains 1,000 steps (its row is
+  # ~0.4 of a PRM-CoT row): on the step checks below it is still learning at 500 (README).
   c.stage2.steps = 500
   c.stage2.batch_size = 256
   c.stage2.optimizer = optimizer_config(3e-3, 500, warmup_steps=20, schedule="cosine")
-  c.stage2.format_steps = ml_collections.ConfigDict()
+  c.stage2.format_steps = ml_collections.ConfigDict(dict(disc=1000))
   c.stage2.max_new_tokens = 0  # 0 = the longest verification (PRM-CoT writes one)
-  # Options of the discriminative PRM, off: balanced class weights (prm.class_weights) showed no gain over
-  # run-to-run variance (README, "what limits the world's PRMs"); training only up to each solution's first error
-  # (prm.first_error_mask) lost (exact labels, lr 3e-3, 1000 steps, one run each: 81.6 vs 88.7).
+  # The discriminative PRM on exact labels trains on each step's own check (arith.step_checks: a step continuing
+  # correctly from an earlier wrong value is correct), not the propagated verdicts: on those, recalling each training
+  # problem's one correct solution fits the labels, and it scored 65.8 on unseen problems against 93.1 on the step
+  # checks (1,000 steps, balanced classes, same records; README "what limits the world's PRMs"). The SPARK variants
+  # have only their verifier's propagated verdicts. Balanced class weights (prm.class_weights): ~85% of the
+  # solutions hold an error, so most trained steps are incorrect. Training only up to each solution's first error
+  # (prm.first_error_mask), measured on the propagated exact labels on training-split problems Stage I never drew
+  # (not the held-out ones): 61.2 with it, 64.6 without (one run each), so it stays off.
+  c.stage2.disc_gold_step_checks = True
   c.stage2.disc_until_first_error = False
-  c.stage2.disc_balance_classes = False
+  c.stage2.disc_balance_classes = True
   c.stage2.score_batch = 256
   # ~780 solutions, ~150 of them correct and ~70 stopping early with every step correct: acc_cor rests on those ~220.
   c.stage2.heldout_problems = 400
@@ -106,6 +111,6 @@ def get_config(arg=None):
     c.stage2.optimizer.total_steps = 3
     c.stage2.format_steps = ml_collections.ConfigDict(dict(disc=4))
     c.stage2.runs = ["step_consistency:prm", "outcome_consistency:prm_cot", "reference_guided:orm",
-                     "step_consistency:disc", "gold:prm_cot"]
+                     "step_consistency:disc", "gold:prm_cot", "gold:disc"]
     c.checkpoint.every = 2
   return c

@@ -43,10 +43,14 @@ def test_stages_files_resume_and_bad_records(tmp_path):
     assert rec["verdicts"] == rec["gold_verdicts"] and rec["final"] == rec["gold_final"]
     v = vd.parse_verification(rec["rationale"])
     assert (list(v.steps), v.final) == (rec["verdicts"], rec["final"]), rec
+    # Each step's own check (the exact-label discriminative PRM's labels) first fails where the verdicts do.
+    first = lambda labels: next((i for i, ok in enumerate(labels) if not ok), -1)
+    assert len(rec["step_checks"]) == len(rec["steps"]) and first(rec["step_checks"]) == first(rec["verdicts"]), rec
   trained = [k for k, v in results["stage2"].items() if "error" not in v]
   assert trained, results["stage2"]
   for k in trained:
     assert results["stage2"][k]["train_records"] > 0 and "outcome" in results["stage2"][k]
+    assert results["stage2"][k]["label_field"] == ("step_checks" if k == "gold:disc" else "verdicts"), k
   # Every trained PRM is a HF directory with the world tokenizer (Stage III and ProcessBench load it).
   from sparkjax.models import hf, tokenizer as tok_lib
 

@@ -97,6 +97,7 @@ def check_config(ch: config_check.Checks):
               "integer number of steps >= 1")
   ch.boolean("stage2.disc_until_first_error", optional=True)
   ch.boolean("stage2.disc_balance_classes", optional=True)
+  ch.boolean("stage2.disc_gold_step_checks", optional=True)
   ch.optimizer("stage2.optimizer")
   config_check.check_checkpoint(ch)
 
@@ -163,13 +164,15 @@ def solutions(generator: text_generation.TextModel, problems: list[arith.Problem
 def gold_records(items, parsed: dict) -> list[dict]:
   """The exact-label upper bound of Stage II as a data variant: each solution's exact verdicts and final answer
   verdict, with the world teacher's verification at eps 0 as the rationale, so a PRM-CoT target agrees with its
-  labels. Not a SPARK variant: it uses the labels SPARK does without."""
+  labels, and each step's own check (`step_checks`, `arith.step_checks`) for the discriminative PRM
+  (`stage2.disc_gold_step_checks`). Not a SPARK variant: it uses the labels SPARK does without."""
   out = []
   for it in items:
     problem, sol = parsed[it.id]
     # eps 0: the teacher draws nothing, so any generator gives the same text.
     text, steps, final = wv.teach_verification(problem, sol, np.random.default_rng(0), 0.0)
-    out.append(verify_lib.record(it, "gold", steps, final, text))
+    out.append(dict(verify_lib.record(it, "gold", steps, final, text),
+                    step_checks=arith.step_checks(problem, sol.steps, sol.answer)))
   return out
 
 
@@ -382,21 +385,30 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     records, bad = prm_examples.load_records(paths[variant])
     if bad:
       common.say(f"stage II {run}: {len(bad)} records of {paths[variant]} left out: {bad[:2]}")
+    # The exact-label discriminative PRM may train on each step's own check rather than the propagated verdicts
+    # that verifiers (and so the SPARK variants) give: the ProcessBench label is the same (README).
+    label_field = ("step_checks" if fmt == "disc" and variant == "gold" and c.get("disc_gold_step_checks", False)
+                   else "verdicts")
+    unlabelled = [r.get("id") for r in records if label_field not in r]
+    if unlabelled:
+      common.say(f"stage II {run}: {len(unlabelled)} records of {paths[variant]} have no {label_field!r} (a file "
+                 f"from an older run?), left out: {unlabelled[:2]}")
+      records = [r for r in records if label_field in r]
     if not records:  # reported in the table; the other runs go on
       common.say(f"stage II {run}: no usable record in {paths[variant]}; not trained")
-      results[run] = dict(error=f"no usable record in {paths[variant]}", train_records=0, bad_records=len(bad),
-                          outcome=dict(f1=None))
+      results[run] = dict(error=f"no usable record in {paths[variant]}", train_records=0,
+                          bad_records=len(bad) + len(unlabelled), outcome=dict(f1=None))
       continue
     t0 = time.time()
     label_ids = prm_examples.label_token_ids(tokenizer) if fmt == "disc" else None
-    examples = (prm_examples.encode_discriminative(tokenizer, records) if fmt == "disc" else
+    examples = (prm_examples.encode_discriminative(tokenizer, records, label_field=label_field) if fmt == "disc" else
                 prm_examples.encode_examples(tokenizer, records, fmt, "world"))
     disc = (dict(until_first_error=c.get("disc_until_first_error", False),
                  balance_classes=c.get("disc_balance_classes", False)) if fmt == "disc" else {})
     steps, optimizer = run_schedule(c, fmt)
     # The checkpoints of one (run, training data, schedule): records changed since (a Stage-I file rewritten) train
     # a fresh PRM rather than resuming the old one.
-    fingerprint = hashlib.sha256(json.dumps([records, steps, c.batch_size, optimizer.to_dict(), disc],
+    fingerprint = hashlib.sha256(json.dumps([records, steps, c.batch_size, optimizer.to_dict(), disc, label_field],
                                             sort_keys=True, default=str).encode()).hexdigest()[:12]
     ckpt = Checkpointer(workdir / "checkpoints" / "prm" / f"{prm_dir_name(run)}-{fingerprint}",
                         max_to_keep=config.checkpoint.keep)
@@ -409,7 +421,8 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)
     prm_dir = workdir / "prms" / prm_dir_name(run)
     save_prm(params, cfg, tokenizer, prm_dir, dict(variant=variant, format=fmt, world=config.world.to_dict()))
-    res.update(train_records=len(records), bad_records=len(bad), train_steps=steps, train_seconds=time.time() - t0,
+    res.update(train_records=len(records), bad_records=len(bad) + len(unlabelled), label_field=label_field,
+               train_steps=steps, train_seconds=time.time() - t0,
                final_loss=history[-1]["loss"] if history else None, prm_dir=str(prm_dir))
     results[run] = res
     common.say(f"stage II {run}: ProcessBench F1 {_num(res.get('f1'))} (acc_err {_num(res.get('acc_err'))}, "

@@ -69,6 +69,12 @@ def validate_record(rec: Any) -> str | None:
     problems.append("field 'verdicts' holds a non-boolean item")
   if isinstance(steps, list) and isinstance(verdicts, list) and len(steps) != len(verdicts):
     problems.append(f"{len(verdicts)} verdicts for {len(steps)} steps")
+  checks = rec.get("step_checks")  # optional: the exact-label records' per-step checks (arith.step_checks)
+  if checks is not None:
+    if not isinstance(checks, list) or not all(isinstance(v, bool) for v in checks):
+      problems.append("field 'step_checks' is not a list of booleans")
+    elif isinstance(steps, list) and len(checks) != len(steps):
+      problems.append(f"{len(checks)} step_checks for {len(steps)} steps")
   return "; ".join(problems) or None
 
 
@@ -227,11 +233,12 @@ def disc_prefix(problem: str) -> str:
 
 
 def encode_discriminative(tokenizer, records: Sequence[dict], sep: str | int = "\n", max_steps: int | None = None,
-                          length: int | None = None) -> dict:
+                          length: int | None = None, label_field: str = "verdicts") -> dict:
   """Discriminative PRM batch: prefix, then per step "Step k: <step>" followed by the separator token.
 
   The model's logits AT each separator position (its next-token prediction after reading step k) give step k's
-  p(correct). Labels are the records' `verdicts` (True -> 1.0).
+  p(correct). Labels are the records' `label_field` (True -> 1.0): `verdicts` (propagated, as verifiers give them),
+  or `step_checks` (each step checked on its own, `arith.step_checks`; exact-label records only).
 
   Args:
     tokenizer: a `transformers` tokenizer (the prefix is encoded with its special tokens, steps without).
@@ -239,6 +246,8 @@ def encode_discriminative(tokenizer, records: Sequence[dict], sep: str | int = "
     sep: the separator, as text encoding to one token or as an id.
     max_steps: S, the step slots; None = the most steps of any record. Records with more steps are reported.
     length: the padded length T; None = the longest input. Longer inputs are reported.
+    label_field: the record field holding the labels; a training record without it is reported (scoring records
+      without any labels are labelled all correct).
 
   Returns:
     dict(tokens [N, T] int32 right-padded, mask [N, T] bool, sep_positions [N, S] int32 (-1 = no step),
@@ -253,6 +262,9 @@ def encode_discriminative(tokenizer, records: Sequence[dict], sep: str | int = "
     if len(rec["steps"]) > S:
       skipped.append(dict(index=i, id=rec.get("id"), reason=f"{len(rec['steps'])} steps > max_steps {S}"))
       continue
+    if label_field not in rec and "verdicts" in rec:
+      skipped.append(dict(index=i, id=rec.get("id"), reason=f"no field {label_field!r}"))
+      continue
     ids = tokenizer.encode(disc_prefix(rec["problem"]))
     pos = []
     for k, step in enumerate(rec["steps"], 1):
@@ -264,7 +276,7 @@ def encode_discriminative(tokenizer, records: Sequence[dict], sep: str | int = "
       continue
     seqs.append(ids)
     seps.append(pos)
-    labels.append([float(v) for v in rec.get("verdicts", [True] * len(pos))])
+    labels.append([float(v) for v in rec.get(label_field, [True] * len(pos))])
     rows.append(i)
   _report(skipped, "discriminative examples")
   if not rows:
