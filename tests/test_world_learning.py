@@ -89,11 +89,11 @@ def test_discriminative_prm_learns_exact_labels(tok, cfg, generator):
   """Exact labels of all three error kinds mixed, as configs/spark_prm.py trains its exact-label discriminative PRM:
   each step's own check (`arith.step_checks`) with balanced class weights; 400 steps of 256 from the generator.
 
-  Measured: held-out ProcessBench F1 0.0 before training (it says "all correct"), STEPCHECK_F1 after on problems of
-  the world's held-out split; the same run on the propagated labels (`verdicts`, every step after the first error
-  incorrect) PROPAGATED_F1. On propagated labels a model can meet the training labels by recalling each training
-  problem's one correct solution; on the step checks it has to check the step (README, "what limits the world's
-  PRMs")."""
+  Measured (AMD EPYC, ~80 s): held-out ProcessBench F1 0.0 before training (it says "all correct"), 69.3 after on
+  problems of the world's held-out split; the same run on the propagated labels (`verdicts`, every step after the
+  first error incorrect) 29.5, below the threshold. On propagated labels a model can meet the training labels by
+  recalling each training problem's one correct solution; on the step checks it has to check the step (README,
+  "what limits the world's PRMs"). Runs of a disc recipe spread by +-15 between seeds, hence the margin."""
   train, held = _records(101, 4000, None), _records(202, 300, None, "heldout")
   assert _pb_f1(generator, cfg, tok, held) < 10
   examples = prm_examples.encode_discriminative(tok, train, label_field="step_checks")
@@ -108,7 +108,7 @@ def test_discriminative_prm_learns_exact_labels(tok, cfg, generator):
                                         balance_classes=True)
   f1 = _pb_f1(params, cfg, tok, held)
   print(f"disc PRM: held-out ProcessBench F1 {f1:.1f}, loss {[round(h['loss'], 3) for h in history]}")
-  assert f1 > THRESHOLD
+  assert f1 > 50
 
 
 def test_sampled_verifier_judges_steps(tok, cfg, generator):
