@@ -205,3 +205,19 @@ def test_distinct_problems_exhaust_the_held_out_split():
   got = world_data.distinct_problems(9, 10_000, w, "heldout")
   assert {p.text() for p in got} == every and len(got) == len(every)
   assert [p.text() for p in got[:5]] == [p.text() for p in first]
+
+
+def test_step_checks_pass_a_consistent_continuation_and_first_fail_at_the_first_error():
+  p = arith.Problem(2, (("+", 3), ("-", 1), ("+", 2)))  # 2 + 3 = 5, 5 - 1 = 4, 4 + 2 = 6
+  S = arith.Step
+  wrong_then_consistent = [S(2, "+", 3, 6), S(6, "-", 1, 5), S(5, "+", 2, 7)]
+  assert arith.step_checks(p, wrong_then_consistent, 7) == [False, True, True]
+  assert arith.process_labels(p, wrong_then_consistent, 7) == [False, False, False]
+  wrong_operand = [S(2, "+", 3, 5), S(5, "-", 2, 3), S(3, "+", 2, 5)]
+  assert arith.step_checks(p, wrong_operand, 5) == [True, False, True]
+  right = p.correct_steps()
+  assert arith.step_checks(p, right, 6) == [True, True, True]
+  assert arith.step_checks(p, right, 5) == [True, True, False] == arith.process_labels(p, right, 5)
+  # Too few steps: the error is at a step not written, so no written step fails, whatever the answer line says.
+  assert arith.step_checks(p, right[:2], 9) == [True, True] == arith.process_labels(p, right[:2], 9)
+  assert arith.step_checks(p, right + [S(6, "+", 1, 7)], 7) == [True, True, True, False]
