@@ -254,6 +254,10 @@ def test_discriminative_encoding(tok):
   assert "3 steps > max_steps 2" in short["skipped"][0]["reason"]
   with pytest.raises(ValueError, match="not one known token"):
     prm_examples.encode_discriminative(tok, [HAND], sep="<nope>")
+  checked = dict(rec2, step_checks=[T, F, T])  # labels from another field; one it lacks is an error, named
+  assert prm_examples.encode_discriminative(tok, [checked], label_field="step_checks")["labels"].tolist() == [[1, 0, 1]]
+  with pytest.raises(ValueError, match="'h2'.*no field 'step_checks'"):
+    prm_examples.encode_discriminative(tok, [checked, rec2], label_field="step_checks")
 
 
 def test_discriminative_loss_and_scores_match_numpy(tok):

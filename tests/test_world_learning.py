@@ -79,9 +79,13 @@ def _records(seed: int, n: int, kind: str, split: str = "train") -> list[dict]:
   return out
 
 
+def _first_error(labels) -> int:
+  return next((i for i, ok in enumerate(labels) if not ok), -1)
+
+
 def _pb_f1(params, cfg, tok, records) -> float:
   preds, _ = prm_scorers.predict(params, cfg, tok, "disc", records, batch=128)
-  labels = [next((i for i, ok in enumerate(r["verdicts"]) if not ok), -1) for r in records]
+  labels = [_first_error(r["verdicts"]) for r in records]
   return processbench.score(labels, preds)["f1"]
 
 
@@ -98,8 +102,7 @@ def test_discriminative_prm_learns_exact_labels(tok, cfg, generator):
   assert _pb_f1(generator, cfg, tok, held) < 10
   examples = prm_examples.encode_discriminative(tok, train, label_field="step_checks")
   # Records of the same solutions with and without errors after the first: the ProcessBench label is the same.
-  first = lambda v: next((i for i, ok in enumerate(v) if not ok), -1)
-  assert all(first(r["verdicts"]) == first(r["step_checks"]) for r in train)
+  assert all(_first_error(r["verdicts"]) == _first_error(r["step_checks"]) for r in train)
   assert sum(r["verdicts"] != r["step_checks"] for r in train) > 500
   steps = 400
   optimizer = optimizer_config(1e-3, steps, warmup_steps=20, schedule="cosine")

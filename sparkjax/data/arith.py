@@ -212,12 +212,13 @@ def step_checks(problem: Problem, steps: Sequence[Step], answer: int | None = No
   """Each step checked on its own, from the student's own previous result rather than the true one.
 
   check_i = i < len(ops) and lhs_i == v_{i-1} and (op_i, rhs_i) == ops[i] and lhs_i op_i rhs_i == result_i, with
-  v_{-1} = the start and v_{i-1} = result_{i-1} as written; the last step of a solution with the problem's step count
-  also fails when the answer line differs from its result (as `first_error`; a solution with too few steps errs at
-  a step it did not write, so none of its steps fails). A step that continues correctly from an earlier wrong value passes, unlike in `process_labels`;
-  the first failing check is still the first error (steps before it equal the true ones), so both give the same
-  ProcessBench label. Per-step truths that an earlier step does not decide: a model cannot meet them by
-  recalling each training problem's one correct solution (README, "what limits the world's PRMs").
+  v_{-1} = the start and v_{i-1} = result_{i-1} as written; the last step of a solution with the problem's step
+  count also fails when the answer line differs from its result (as `first_error`; a solution with too few steps
+  errs at a step it did not write, so none of its steps fails). A step that continues correctly from an earlier
+  wrong value passes, unlike in `process_labels`; the first failing check is still the first error (steps before
+  it equal the true ones), so both give the same ProcessBench label. Per-step truths that an earlier step does not
+  decide: a model cannot meet them by recalling each training problem's one correct solution (README, "what
+  limits the world's PRMs").
   """
   out, prev = [], problem.start
   for i, s in enumerate(steps):

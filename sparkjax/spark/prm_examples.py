@@ -246,8 +246,8 @@ def encode_discriminative(tokenizer, records: Sequence[dict], sep: str | int = "
     sep: the separator, as text encoding to one token or as an id.
     max_steps: S, the step slots; None = the most steps of any record. Records with more steps are reported.
     length: the padded length T; None = the longest input. Longer inputs are reported.
-    label_field: the record field holding the labels; a training record without it is reported (scoring records
-      without any labels are labelled all correct).
+    label_field: the record field holding the labels. Records without `verdicts` (scoring records) are labelled all
+      correct; another field must be in every record (ValueError naming the record otherwise).
 
   Returns:
     dict(tokens [N, T] int32 right-padded, mask [N, T] bool, sep_positions [N, S] int32 (-1 = no step),
@@ -262,9 +262,8 @@ def encode_discriminative(tokenizer, records: Sequence[dict], sep: str | int = "
     if len(rec["steps"]) > S:
       skipped.append(dict(index=i, id=rec.get("id"), reason=f"{len(rec['steps'])} steps > max_steps {S}"))
       continue
-    if label_field not in rec and "verdicts" in rec:
-      skipped.append(dict(index=i, id=rec.get("id"), reason=f"no field {label_field!r}"))
-      continue
+    if label_field != "verdicts" and label_field not in rec:
+      raise ValueError(f"record {rec.get('id')!r} (index {i}) has no field {label_field!r} to label its steps with")
     ids = tokenizer.encode(disc_prefix(rec["problem"]))
     pos = []
     for k, step in enumerate(rec["steps"], 1):
