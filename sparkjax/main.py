@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from sparkjax import cli  # first: it quiets libraries before they are imported
 
+if __name__ == "__main__":
+  cli.reexec_with_huge_pages()  # before jax starts: XLA:CPU's temporaries on huge pages (cli.huge_pages_env)
+
 import importlib
 import sys
 from pathlib import Path

@@ -7,6 +7,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+# The suite's processes (xdist workers, CLI subprocesses) start with malloc's large blocks on huge pages, as
+# `python -m sparkjax.main` does for itself (sparkjax.cli.huge_pages_env): XLA:CPU's per-call temporaries then stop
+# faulting page by page.
+from sparkjax import cli as _cli
+
+_env = _cli.huge_pages_env()
+if _env is not None:
+  os.environ["GLIBC_TUNABLES"] = _env["GLIBC_TUNABLES"]
+
 import atexit
 import shutil
 import signal
