@@ -81,6 +81,10 @@ def get_config(arg=None):
   c.stage2.batch_size = 256
   c.stage2.optimizer = optimizer_config(3e-3, 500, warmup_steps=20, schedule="cosine")
   c.stage2.format_steps = ml_collections.ConfigDict(dict(disc=1000))
+  # Each batch of 256 rows sorted by length into 4 micro-batches, each padded to its own longest row, one update
+  # (prm_train.length_micro_batches): the same update up to float summation order; per step 0.176 -> 0.111 s (disc)
+  # and 0.86 -> 0.66 s (PRM-CoT) on the AMD EPYC, with huge pages (one run each, README SPARK-PRM section).
+  c.stage2.length_buckets = 4
   c.stage2.max_new_tokens = 0  # 0 = the longest verification (PRM-CoT writes one)
   # The discriminative PRM on exact labels trains on each step's own check (arith.step_checks: a step continuing
   # correctly from an earlier wrong value is correct), not the propagated verdicts: on those, recalling each training

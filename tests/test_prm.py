@@ -384,6 +384,41 @@ def test_prm_training_resumes_bitwise(tok, tmp_path, fmt):
   assert [h["step"] for h in h2] == [1, 2, 3, 4, 5, 6] and [h["loss"] for h in h2] == [h["loss"] for h in h1]
 
 
+def test_length_micro_batches_cover_the_batch_sorted_and_padded_to_their_own_length():
+  lengths = np.array([40, 7, 33, 18, 59, 17, 3, 60, 21])
+  parts = prm_train.length_micro_batches(lengths, 3, multiple=16, max_len=60)
+  assert sorted(np.concatenate([r for r, _ in parts]).tolist()) == list(range(9))
+  assert [sorted(lengths[r].tolist()) for r, _ in parts] == [[3, 7, 17], [18, 21, 33], [40, 59, 60]]
+  assert [T for _, T in parts] == [32, 48, 60]  # rounded up to 16, the last capped at the set's length
+
+
+@pytest.mark.parametrize("fmt", ["disc", "prm"])
+def test_length_bucketed_training_is_the_same_update(tok, fmt):
+  """Each batch cut into length-sorted micro-batches padded to their own length: the same parameters and losses
+  as one step on the batch padded to the set's longest example (up to float summation order), in fewer tokens."""
+  cfg = tiny_cfg(tok)
+  params = transformer.init_params(cfg, jax.random.key(0))
+  recs = world_records(7, 40)
+  batch = (prm_examples.encode_discriminative(tok, recs, sep="\n") if fmt == "disc" else
+           prm_examples.encode_examples(tok, recs, fmt, "world"))
+  lengths = batch["mask"].sum(1)
+  assert lengths.min() < batch["tokens"].shape[1] - 8  # rows of several lengths: the micro-batches are shorter
+  opt = optimizer_config(3e-3, 5, warmup_steps=1)
+  kw = dict(batch_size=16, seed=0, log_every=1, label_ids=prm_examples.label_token_ids(tok) if fmt == "disc" else None,
+            balance_classes=fmt == "disc")
+  whole, h1 = prm_train.train_prm(params, cfg, batch, fmt, opt, steps=5, **kw)
+  parts, h2 = prm_train.train_prm(params, cfg, batch, fmt, opt, steps=5, length_buckets=4, **kw)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6), whole,
+               parts)
+  for a, b in zip(h1, h2):
+    assert a.keys() == b.keys()
+    for k in set(a) - {"elapsed_seconds"}:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-4, err_msg=k)
+  assert not np.allclose(whole["embed"], params["embed"])  # it trained
+  with pytest.raises(ValueError, match="accum=1"):
+    prm_train.train_prm(params, cfg, batch, fmt, opt, steps=1, length_buckets=2, accum=2, **kw)
+
+
 # ---- a trained generative PRM, scored on device and on the host -------------------------------------------------
 
 

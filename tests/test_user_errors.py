@@ -93,6 +93,7 @@ def test_more_bad_fields(tmp_path, override, needles):
 @pytest.mark.parametrize("overrides,needles", [
     (["--config.stage2.format_steps.disc=0"], ["stage2.format_steps.disc=0", "steps >= 1"]),
     (["--config.world.heldout_every=0"], ["world.heldout_every=0"]),  # no held-out problems: refused
+    (["--config.stage2.length_buckets=9"], ["stage2.length_buckets=9", "in [0, 8]"]),  # more micro-batches than rows
     (["--config.verifier.by_task=False", "--config.verifier.verify_first=5"],
      ["verifier.verify_first=5", "needs verifier.by_task=True"]),
 ])

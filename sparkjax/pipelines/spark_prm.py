@@ -95,6 +95,9 @@ def check_config(ch: config_check.Checks):
     if fmt not in prm_examples.FORMATS or isinstance(n, bool) or not isinstance(n, int) or n < 1:
       ch.fail(f"stage2.format_steps.{fmt}", n, f"expected a format in {', '.join(prm_examples.FORMATS)} mapped to an "
               "integer number of steps >= 1")
+  bs = ch.get("stage2.batch_size", None)
+  ch.int_range("stage2.length_buckets", 0, bs if isinstance(bs, int) and not isinstance(bs, bool) else None,
+               optional=True)
   ch.boolean("stage2.disc_until_first_error", optional=True)
   ch.boolean("stage2.disc_balance_classes", optional=True)
   ch.boolean("stage2.disc_gold_step_checks", optional=True)
@@ -415,7 +418,8 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     try:
       params, history = prm_train.train_prm(base_params, cfg, examples, fmt, optimizer, steps, c.batch_size,
                                             config.seed, writer=writer, label_ids=label_ids, ckpt=ckpt,
-                                            checkpoint_every=config.checkpoint.every, **disc)
+                                            checkpoint_every=config.checkpoint.every,
+                                            length_buckets=c.get("length_buckets", 0), **disc)
     finally:
       ckpt.close()
     res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)

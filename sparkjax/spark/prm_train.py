@@ -57,6 +57,22 @@ def class_weights(labels_BS, label_mask_BS, until_first_error: bool = False) -> 
   return 0.5 / p, 0.5 / (1.0 - p)
 
 
+def disc_loss_sums(params, cfg: ModelConfig, batch: dict, label_ids: tuple[int, int],
+                   weights: tuple[float, float] = (1.0, 1.0), until_first_error: bool = False):
+  """The weighted binary cross-entropy of `disc_loss` as sums, so that micro-batches add up to their batch:
+  (sum_{b,s} w_bs * BCE_bs, dict(weight = sum w, steps = sum m, correct = trained steps with (p >= 0.5) == y))."""
+  d = prm_scorers.disc_margins(params, cfg, batch["tokens"], batch["mask"], batch["sep_positions"], label_ids)
+  y = batch["labels"].astype(jnp.float32)
+  m = batch["label_mask"]
+  if until_first_error:
+    m = first_error_mask(y, m)
+  m = m.astype(jnp.float32)
+  w = m * jnp.where(y > 0.5, weights[0], weights[1])
+  bce = y * jax.nn.softplus(-d) + (1.0 - y) * jax.nn.softplus(d)
+  right = ((d >= 0) == (y > 0.5)).astype(jnp.float32)
+  return jnp.sum(bce * w), dict(weight=jnp.sum(w), steps=jnp.sum(m), correct=jnp.sum(right * m))
+
+
 def disc_loss(params, cfg: ModelConfig, batch: dict, label_ids: tuple[int, int],
               weights: tuple[float, float] = (1.0, 1.0), until_first_error: bool = False):
   """Weighted mean binary cross-entropy over the labelled separator positions of the batch, and aux metrics.
@@ -68,16 +84,8 @@ def disc_loss(params, cfg: ModelConfig, batch: dict, label_ids: tuple[int, int],
   Returns:
     (loss, dict(steps = sum m, correct = trained steps with (p >= 0.5) == y)).
   """
-  d = prm_scorers.disc_margins(params, cfg, batch["tokens"], batch["mask"], batch["sep_positions"], label_ids)
-  y = batch["labels"].astype(jnp.float32)
-  m = batch["label_mask"]
-  if until_first_error:
-    m = first_error_mask(y, m)
-  m = m.astype(jnp.float32)
-  w = m * jnp.where(y > 0.5, weights[0], weights[1])
-  bce = y * jax.nn.softplus(-d) + (1.0 - y) * jax.nn.softplus(d)
-  right = ((d >= 0) == (y > 0.5)).astype(jnp.float32)
-  return jnp.sum(bce * w) / jnp.maximum(jnp.sum(w), 1e-9), dict(steps=jnp.sum(m), correct=jnp.sum(right * m))
+  total, aux = disc_loss_sums(params, cfg, batch, label_ids, weights, until_first_error)
+  return total / jnp.maximum(aux["weight"], 1e-9), dict(steps=aux["steps"], correct=aux["correct"])
 
 
 def disc_step(state: TrainState, batch: dict, *, cfg: ModelConfig, tx: optax.GradientTransformation,
@@ -103,6 +111,70 @@ def make_disc_step(cfg: ModelConfig, tx, label_ids: tuple[int, int], schedule=No
   return jax.jit(fn, donate_argnums=0)
 
 
+# ---- length-sorted micro-batches ----------------------------------------------------------------------------------
+
+
+def length_micro_batches(lengths_B, k: int, multiple: int = 16, max_len: int | None = None) -> list[tuple]:
+  """A batch's rows sorted by length and cut into k equal parts: [(row positions [B/k] into the batch, T)], T the
+  part's longest row rounded up to `multiple` (at most `max_len`). Padding to each part's own length instead of the
+  dataset's longest row: in the world's Stage II rows ~1.3x fewer tokens and ~1.7x less attention."""
+  lengths_B = np.asarray(lengths_B)
+  order = np.argsort(lengths_B, kind="stable")
+  parts = []
+  for rows in np.array_split(order, k):
+    if len(rows):
+      T = -(-int(lengths_B[rows].max()) // multiple) * multiple
+      parts.append((rows, T if max_len is None else min(T, max_len)))
+  return parts
+
+
+def make_micro_batched_step(fmt: str, cfg: ModelConfig, tx, schedule=None, label_ids: tuple[int, int] | None = None,
+                            weights: tuple[float, float] = (1.0, 1.0), until_first_error: bool = False):
+  """One optimizer update from a list of micro-batches of any shapes: fn(state, [batch, ...]) -> (state, metrics).
+
+  Each micro-batch's gradient of the summed loss (`disc_loss_sums`, or `sft.token_nll` for generative formats) is
+  taken by one jitted program per shape; one more (state donated) adds them, divides by the summed normalizer (the
+  class weight for "disc", the target-token count otherwise) and applies the update. So the update is that of
+  `disc_step` / `sft.sft_step` on the micro-batches concatenated, up to float summation order. Metrics as theirs.
+  """
+  if fmt == "disc":
+    lid, w = tuple(int(i) for i in label_ids), tuple(float(x) for x in weights)
+
+    def sums(params, mb):
+      total, aux = disc_loss_sums(params, cfg, mb, lid, w, bool(until_first_error))
+      return total, (aux["weight"], aux["steps"], aux["correct"])
+  else:
+    def sums(params, mb):
+      total, count, correct = sft.token_nll(params, cfg, mb["tokens"], mb["loss_mask"], mb["mask"])
+      return total, (count, count, correct)
+
+  grad_fn = jax.jit(jax.value_and_grad(sums, has_aux=True))
+
+  def apply(state: TrainState, grads_list, totals, norms, counts, corrects):
+    norm = jnp.maximum(sum(norms), 1e-9)
+    grads = jax.tree.map(lambda *g: sum(g) / norm, *grads_list)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    count = sum(counts)
+    metrics = dict(loss=sum(totals) / norm, grad_norm=optax.tree.norm(grads))
+    if fmt == "disc":
+      metrics.update(step_accuracy=sum(corrects) / jnp.maximum(count, 1.0), steps=count)
+    else:
+      metrics.update(token_accuracy=sum(corrects) / jnp.maximum(count, 1.0), target_tokens=count)
+    if schedule is not None:
+      metrics["learning_rate"] = schedule(state.step)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  apply_fn = jax.jit(apply, donate_argnums=0)
+
+  def step(state: TrainState, micro_batches: list[dict]):
+    outs = [grad_fn(state.params, mb) for mb in micro_batches]  # [((total, (norm, count, correct)), grads)]
+    totals, auxes, grads = [t for (t, _), _ in outs], [a for (_, a), _ in outs], [g for _, g in outs]
+    return apply_fn(state, grads, totals, *(list(x) for x in zip(*auxes)))
+
+  return step
+
+
 # ---- training ----------------------------------------------------------------------------------------------------
 
 _BATCH_KEYS = {"disc": ("tokens", "mask", "sep_positions", "labels", "label_mask"),
@@ -124,7 +196,8 @@ def _row_stream(n: int, batch_size: int, seed: int):
 def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg, steps: int, batch_size: int,
               seed: int, log_every: int = 50, writer: metrics_lib.Writer | None = None,
               label_ids: tuple[int, int] | None = None, accum: int = 1, until_first_error: bool = False,
-              balance_classes: bool = False, ckpt=None, checkpoint_every: int = 100) -> tuple[Any, list[dict]]:
+              balance_classes: bool = False, ckpt=None, checkpoint_every: int = 100,
+              length_buckets: int = 0) -> tuple[Any, list[dict]]:
   """Trains a reward model of format `fmt` on encoded examples; returns (params, metrics history).
 
   Generative formats use `sft.make_sft_step` (mean target-token cross-entropy); "disc" uses `make_disc_step` and
@@ -145,6 +218,11 @@ def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg,
     ckpt: a `train.checkpoint.Checkpointer`: the state and the history are saved every `checkpoint_every` steps
       and after the last, and training resumes from its newest readable step (the row stream is a function of the
       step, so a resumed run ends with the same parameters as an uninterrupted one).
+    length_buckets: 0 = each batch padded to the longest example of the whole set, one jitted step. k >= 1 = each
+      batch's rows sorted by length and cut into k micro-batches, each padded to its own longest row
+      (`length_micro_batches`), their gradients summed into one update (`make_micro_batched_step`): the same rows
+      and the same update up to float summation order, fewer padded tokens; one compiled program per micro-batch
+      shape. Needs accum = 1.
 
   Returns:
     (trained params, [dict(step=k, loss=..., ...) per logged step]).
@@ -155,6 +233,10 @@ def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg,
     raise ValueError("fmt='disc' needs label_ids (the correct / incorrect token ids); see prm_examples.label_token_ids")
   if fmt == "disc" and accum != 1:
     raise ValueError("fmt='disc' has no gradient accumulation; use accum=1")
+  if length_buckets < 0 or length_buckets > batch_size:
+    raise ValueError(f"length_buckets={length_buckets}: expected 0 (off) up to batch_size={batch_size}")
+  if length_buckets and accum != 1:
+    raise ValueError(f"length_buckets={length_buckets} splits the batch itself; use accum=1 (got {accum})")
   if fmt != "disc" and (until_first_error or balance_classes):
     raise ValueError(f"until_first_error and balance_classes apply to fmt='disc', not {fmt!r}")
   missing = [k for k in _BATCH_KEYS[fmt] if k not in examples]
@@ -165,12 +247,21 @@ def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg,
   n = len(data["tokens"])
   tx, schedule = state_lib.make_optimizer(optimizer_cfg)
   state = state_lib.create_state(jax.tree.map(jnp.copy, params), tx, seed)
-  if fmt == "disc":
-    weights = (class_weights(data["labels"], data["label_mask"], until_first_error) if balance_classes else
-               (1.0, 1.0))
+  weights = (class_weights(data["labels"], data["label_mask"], until_first_error) if fmt == "disc" and balance_classes
+             else (1.0, 1.0))
+  if length_buckets:
+    step_fn = make_micro_batched_step(fmt, cfg, tx, schedule, label_ids, weights, until_first_error)
+  elif fmt == "disc":
     step_fn = make_disc_step(cfg, tx, label_ids, schedule, weights, until_first_error)
   else:
     step_fn = sft.make_sft_step(cfg, tx, schedule, accum)
+  lengths = data["mask"].sum(1)
+
+  def batch_of(idx):
+    if not length_buckets:
+      return {k: v[idx] for k, v in data.items()}
+    return [{k: v[idx[rows], :T] if k in ("tokens", "mask", "loss_mask") else v[idx[rows]] for k, v in data.items()}
+            for rows, T in length_micro_batches(lengths[idx], length_buckets, max_len=data["tokens"].shape[1])]
   loop = metrics_lib.MetricsLoop(writer or metrics_lib.Writer("", enabled=False), f"prm_{fmt}/")
   rows = _row_stream(n, batch_size, seed)
   history: list[dict] = []
@@ -188,8 +279,7 @@ def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg,
   bar = cli.Progress(range(start, steps), initial=start, total=steps, desc=f"prm:{fmt}",
                      disable=jax.process_index() != 0 or start >= steps)
   for step in bar:
-    idx = next(rows)
-    state, m = step_fn(state, {k: v[idx] for k, v in data.items()})
+    state, m = step_fn(state, batch_of(next(rows)))
     if (step + 1) % log_every == 0 or step + 1 == steps:
       host = loop.push(step + 1, m, dict(elapsed_seconds=time.time() - t0))
       logged.append(step + 1)
