@@ -36,8 +36,8 @@ def huge_pages_env(environ=None) -> dict | None:
 
   Why: XLA:CPU takes each jitted call's temporaries (hundreds of MB in a training step) from malloc, above glibc's
   largest mmap threshold (32 MiB), so every call maps fresh 4 KiB pages and faults on each one. A discriminative
-  PRM step of the world (256 rows of 59 tokens) faulted 65,000 times per call and spent a third of its time in the
-  kernel: 0.27 s -> 0.18 s per step with the tunable (benchmarks/README.md).
+  PRM step of the world (256 rows of 59 tokens) faulted ~65,600 times per call: 0.290 s -> 0.214 s per step with the
+  tunable, ~720 faults (benchmarks/huge_pages.py; one run, AMD EPYC, figures in benchmarks/README.md).
   """
   import platform
 

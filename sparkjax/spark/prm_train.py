@@ -116,8 +116,8 @@ def make_disc_step(cfg: ModelConfig, tx, label_ids: tuple[int, int], schedule=No
 
 def length_micro_batches(lengths_B, k: int, multiple: int = 16, max_len: int | None = None) -> list[tuple]:
   """A batch's rows sorted by length and cut into k equal parts: [(row positions [B/k] into the batch, T)], T the
-  part's longest row rounded up to `multiple` (at most `max_len`). Padding to each part's own length instead of the
-  dataset's longest row: in the world's Stage II rows ~1.3x fewer tokens and ~1.7x less attention."""
+  part's longest row rounded up to `multiple` (at most `max_len`), instead of every row padded to the dataset's
+  longest; `multiple` bounds how many shapes (compiled programs) a run meets."""
   lengths_B = np.asarray(lengths_B)
   order = np.argsort(lengths_B, kind="stable")
   parts = []
@@ -255,7 +255,7 @@ def train_prm(params, cfg: ModelConfig, examples: dict, fmt: str, optimizer_cfg,
     step_fn = make_disc_step(cfg, tx, label_ids, schedule, weights, until_first_error)
   else:
     step_fn = sft.make_sft_step(cfg, tx, schedule, accum)
-  lengths = data["mask"].sum(1)
+  lengths = data["mask"].sum(1) if length_buckets else None
 
   def batch_of(idx):
     if not length_buckets:
