@@ -24,22 +24,18 @@ Error-rate semantics (`eps`, the per-step error rate, 0 <= eps < 0.5):
     teacher believes none, the last step is marked incorrect. The final verdict is always exact.
 
 Analyses use world words only (`arith.WORDS` and numbers): up to the first believed error a step's analysis is
-"<student's step> , <the step as the teacher computes it> , " and three subtractions, larger minus smaller, of the
-two steps' left operands, right operands and results (`comparison`), so the verdict follows from three numbers the
-verifier computes, all 0 or not. Without a subtraction the verdict would have to compare two spans, and models of
-the world's size do not learn that comparison: read by teacher forcing, a 2 x 64 verifier said "correct" after every
-two-span analysis whether the spans agreed or not, from 250 to 2500 steps (sampled step accuracy 0.57-0.61 at
-500-1000 steps, below the input-blind 0.72), while with a subtraction of the results it reached 0.90 at 1000 steps
-(README, "what limits the world's PRMs and verifier"). Subtracting the results alone left a step whose operand is
-wrong but whose result is right by coincidence at difference 0 and verdict incorrect (7.8% of the analysed
-zero-difference lines of a run's exact-label file), and the PRM-CoT trained on them flagged correct last steps; the
-operands' differences remove most of those (README). An earlier format with only one span taught the verifier to
-restate the correct step and call it correct. The computed step is the expected correct step, except where the
-teacher's judgment slipped: a missed error shows the student's step (it agreed; every difference 0), a false alarm
-the expected step with its result off by 1-3 (its own slip), kept within the numbers of the prompt so every number
-stays in the world's vocabulary. A wrong step that differs from the correct one only in its operation, with equal
-operands and result, shows differences 0 and keeps the teacher's verdict, incorrect. After the first believed
-error, and beyond the problem's steps, an analysis is the student's step alone.
+"<student's step> , <the step as the teacher computes it> , <larger result> - <smaller result> = <difference>", so
+the verdict follows from one number the verifier computes, 0 or not. Without the subtraction the verdict would have
+to compare two spans, and models of the world's size do not learn that comparison: read by teacher forcing, a
+2 x 64 verifier said "correct" after every two-span analysis whether the spans agreed or not, from 250 to 2500 steps
+(sampled step accuracy 0.57-0.61 at 500-1000 steps, below the input-blind 0.72), while with the subtraction it
+reached 0.90 at 1000 steps (README, "what limits the world's PRMs and verifier"). An earlier format with only one
+span taught it to restate the correct step and call it correct. The computed step is the expected correct step,
+except where the teacher's judgment slipped: a missed error shows the student's step (it agreed; difference 0), a
+false alarm the expected step with its result off by 1-3 (its own slip), kept within the numbers of the prompt so
+every number stays in the world's vocabulary. A wrong step whose result is right by coincidence (another operand or
+operation giving the same value) shows difference 0 and keeps the teacher's verdict, incorrect. After the first
+believed error, and beyond the problem's steps, an analysis is the student's step alone.
 
 The truth is `arith.process_labels`, which also makes the last step wrong when the answer line contradicts it
 (`arith.first_error`); such solutions are never sampled, but keep eps=0 transcripts exactly equal to the labels.
@@ -120,8 +116,8 @@ def _slip(value: int, hi: int, rng: np.random.Generator) -> int:
 def _analyses(problem: arith.Problem, solution: arith.Solution, step_verdicts: Sequence[bool],
               rng: np.random.Generator) -> list[str]:
   """One analysis per step: `comparison(student's step, the step as the teacher computes it)` up to the first
-  believed error, so the verdict follows from the differences of the two steps' numbers; after it (and beyond the
-  problem's steps) the student's step alone. The teacher's computed step is the expected correct step, except where its
+  believed error, so the verdict follows from the difference of the two results; after it (and beyond the problem's
+  steps) the student's step alone. The teacher's computed step is the expected correct step, except where its
   judgment slipped: a missed error shows the student's step as computed (it agreed with it), a false alarm shows the
   expected step with its result off by 1-3 (kept within the prompt's numbers, so inside the world's vocabulary)."""
   expected = problem.correct_steps()
@@ -143,16 +139,10 @@ def _analyses(problem: arith.Problem, solution: arith.Solution, step_verdicts: S
 
 
 def comparison(student: arith.Step, computed: arith.Step) -> str:
-  """The analysis of a judged step: "<student's step> , <computed step> , <d lhs> , <d rhs> , <d result>", each
-  difference written "<hi> - <lo> = <hi - lo>" with hi / lo the larger / smaller of the two steps' left operands,
-  right operands and results (so every number stays in [0, max_value]). A step that differs from the computed one
-  in an operand but not in its result then shows a nonzero difference; only a different operation with all three
-  numbers equal (e.g. "3 + 0 = 3" for "3 - 0 = 3") leaves every difference 0."""
-  parts = []
-  for x, y in ((student.lhs, computed.lhs), (student.rhs, computed.rhs), (student.result, computed.result)):
-    hi, lo = max(x, y), min(x, y)
-    parts.append(f"{hi} - {lo} = {hi - lo}")
-  return f"{student.text()} , {computed.text()} , " + " , ".join(parts)
+  """The analysis of a judged step: "<student's step> , <computed step> , <hi> - <lo> = <hi - lo>", hi / lo the
+  larger / smaller of the two results (so every number stays in [0, max_value])."""
+  hi, lo = max(student.result, computed.result), min(student.result, computed.result)
+  return f"{student.text()} , {computed.text()} , {hi} - {lo} = {hi - lo}"
 
 
 def teach_verification(problem: arith.Problem, solution: arith.Solution, rng: np.random.Generator, eps: float,
