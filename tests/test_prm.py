@@ -114,6 +114,26 @@ def test_encode_examples_world(tok, fmt):
   assert short["tokens"].shape == (30 - len(too_long), limit)
 
 
+def test_repeat_correct_reaches_the_share_and_keeps_every_record():
+  rec = lambda i, v: dict(id=f"r{i}", verdicts=v)
+  records = [rec(0, [True, False]), rec(1, [True, True]), rec(2, [False]), rec(3, [True]), rec(4, [False, False]),
+             rec(5, [True, False, False]), rec(6, [False])]
+  out = prm_examples.repeat_correct(records, 0.5)  # 2 all-correct of 7: repeated to 5 beside the 5 others
+  assert [r["id"] for r in out] == ["r0", "r2", "r4", "r5", "r6", "r1", "r3", "r1", "r3", "r1"]
+  assert sum(all(r["verdicts"]) for r in out) / len(out) >= 0.5
+  for share in (0.3, 0.45, 0.6, 0.9):
+    out = prm_examples.repeat_correct(records, share)
+    k = sum(all(r["verdicts"]) for r in out)
+    assert k / len(out) >= share and (k - 1) / (len(out) - 1) < share  # the smallest repetition that reaches it
+    assert {r["id"] for r in out} == {r["id"] for r in records}
+    assert len(out) - k == 5  # the others exactly once
+  assert prm_examples.repeat_correct(records, 0.0) == records
+  assert prm_examples.repeat_correct(records, 0.2) == records  # already 2 / 7
+  assert prm_examples.repeat_correct([rec(0, [False])], 0.5) == [rec(0, [False])]  # nothing to repeat
+  with pytest.raises(ValueError, match="share=1.0"):
+    prm_examples.repeat_correct(records, 1.0)
+
+
 def test_bad_records_are_counted_with_reasons(tmp_path):
   good = dict(HAND)
   bad = [

@@ -2,6 +2,7 @@
 and a Stage-I file with records of the wrong schema (counted and reported; the run goes on)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,10 @@ VARIANTS = ("step_consistency", "outcome_consistency", "meta_critique_base", "me
 
 
 def _main(workdir):
+  # correct_share: the generative PRMs' rows repeat the all-correct records (checked below); off in the config.
   return subprocess.run([sys.executable, "-m", "sparkjax.main", "--config=configs/spark_prm.py:runlocal",
-                         f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+                         "--config.stage2.correct_share=0.3", f"--workdir={workdir}"], capture_output=True, text=True,
+                        cwd=ROOT, timeout=900)
 
 
 def test_stages_files_resume_and_bad_records(tmp_path):
@@ -51,6 +54,13 @@ def test_stages_files_resume_and_bad_records(tmp_path):
   for k in trained:
     assert results["stage2"][k]["train_records"] > 0 and "outcome" in results["stage2"][k]
     assert results["stage2"][k]["label_field"] == ("step_checks" if k == "gold:disc" else "verdicts"), k
+    # Generative formats train on the records with the all-correct ones repeated to 30% of the rows; disc does not.
+    recs = [json.loads(line) for line in (tmp_path / "stage1" / f"{k.split(':')[0]}.jsonl").read_text().splitlines()]
+    good = sum(all(r["verdicts"]) for r in recs)
+    rows = (len(recs) - good + max(good, math.ceil(0.3 * (len(recs) - good) / 0.7 - 1e-9)) if good else len(recs))
+    generative = not k.endswith(":disc")
+    assert results["stage2"][k]["correct_share"] == (0.3 if generative else 0.0), k
+    assert results["stage2"][k]["train_rows"] == (rows if generative else len(recs)), (k, good, len(recs))
   # Every trained PRM is a HF directory with the world tokenizer (Stage III and ProcessBench load it).
   from sparkjax.models import hf, tokenizer as tok_lib
 

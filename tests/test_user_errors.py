@@ -94,6 +94,7 @@ def test_more_bad_fields(tmp_path, override, needles):
     (["--config.stage2.format_steps.disc=0"], ["stage2.format_steps.disc=0", "steps >= 1"]),
     (["--config.world.heldout_every=0"], ["world.heldout_every=0"]),  # no held-out problems: refused
     (["--config.stage2.length_buckets=9"], ["stage2.length_buckets=9", "in [0, 8]"]),  # more micro-batches than rows
+    (["--config.stage2.correct_share=1.0"], ["stage2.correct_share=1.0", "in [0.0, 1.0)"]),
     (["--config.verifier.by_task=False", "--config.verifier.verify_first=5"],
      ["verifier.verify_first=5", "needs verifier.by_task=True"]),
 ])

@@ -103,6 +103,28 @@ def load_records(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
 # ---- generative examples -----------------------------------------------------------------------------------------
 
 
+def repeat_correct(records: Sequence[dict], share: float) -> list[dict]:
+  """The records with those judged all-correct repeated until they make up at least `share` of the rows.
+
+  A record is all-correct when every entry of its own `verdicts` is True (a SPARK variant's labels, no reference).
+  With c such records among n, the all-correct ones are cycled, in order, to k = max(c, ceil(share * (n - c) /
+  (1 - share))) rows, so k / (k + n - c) >= share; every record appears at least once, the others exactly once and
+  first. Unchanged when share is 0, no record is all-correct, or the share is already reached.
+
+  Args:
+    records: checked Stage-I records (`check_records`).
+    share: the wanted share of all-correct rows, in [0, 1).
+  """
+  if not 0.0 <= share < 1.0:
+    raise ValueError(f"share={share!r}: expected a share of rows in [0, 1)")
+  good = [r for r in records if all(r["verdicts"])]
+  rest = [r for r in records if not all(r["verdicts"])]
+  k = max(len(good), int(np.ceil(share * len(rest) / (1.0 - share) - 1e-9)))
+  if not good or k == len(good):
+    return list(records)
+  return rest + [good[i % len(good)] for i in range(k)]
+
+
 def build_example(rec: dict, fmt: str, style: str = "world") -> tuple[str, str]:
   """(prompt_text, target_text) of one record in a generative format.
 
