@@ -70,10 +70,10 @@ class Checks:
     return True
 
   def float_range(self, path: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-                  hi_open: bool = False) -> bool:
-    v = self.get(path)
+                  hi_open: bool = False, optional: bool = False) -> bool:
+    v = self.get(path, None if optional else _MISSING)
     if v is None:
-      return False
+      return optional
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
       self.fail(path, v, "expected a finite number")
       return False

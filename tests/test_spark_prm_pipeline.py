@@ -2,7 +2,6 @@
 and a Stage-I file with records of the wrong schema (counted and reported; the run goes on)."""
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import datasets
 import jax
 
+from sparkjax.spark import prm_examples
 from sparkjax.spark import verdicts as vd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,16 +51,18 @@ def test_stages_files_resume_and_bad_records(tmp_path):
     assert len(rec["step_checks"]) == len(rec["steps"]) and first(rec["step_checks"]) == first(rec["verdicts"]), rec
   trained = [k for k, v in results["stage2"].items() if "error" not in v]
   assert trained, results["stage2"]
+  repeated = []
   for k in trained:
     assert results["stage2"][k]["train_records"] > 0 and "outcome" in results["stage2"][k]
     assert results["stage2"][k]["label_field"] == ("step_checks" if k == "gold:disc" else "verdicts"), k
     # Generative formats train on the records with the all-correct ones repeated to 30% of the rows; disc does not.
     recs = [json.loads(line) for line in (tmp_path / "stage1" / f"{k.split(':')[0]}.jsonl").read_text().splitlines()]
-    good = sum(all(r["verdicts"]) for r in recs)
-    rows = (len(recs) - good + max(good, math.ceil(0.3 * (len(recs) - good) / 0.7 - 1e-9)) if good else len(recs))
+    rows = len(prm_examples.repeat_correct(recs, 0.3))  # its arithmetic: tests/test_prm.py
     generative = not k.endswith(":disc")
     assert results["stage2"][k]["correct_share"] == (0.3 if generative else 0.0), k
-    assert results["stage2"][k]["train_rows"] == (rows if generative else len(recs)), (k, good, len(recs))
+    assert results["stage2"][k]["train_rows"] == (rows if generative else len(recs)), (k, rows, len(recs))
+    repeated.append(generative and rows > len(recs))
+  assert any(repeated), repeated  # some run's rows were repeated, so the checks above see the wiring
   # Every trained PRM is a HF directory with the world tokenizer (Stage III and ProcessBench load it).
   from sparkjax.models import hf, tokenizer as tok_lib
 

@@ -98,8 +98,7 @@ def check_config(ch: config_check.Checks):
   bs = ch.get("stage2.batch_size", None)
   ch.int_range("stage2.length_buckets", 0, bs if isinstance(bs, int) and not isinstance(bs, bool) else None,
                optional=True)
-  if ch.get("stage2.correct_share", None) is not None:
-    ch.float_range("stage2.correct_share", 0.0, 1.0, hi_open=True)
+  ch.float_range("stage2.correct_share", 0.0, 1.0, hi_open=True, optional=True)
   ch.boolean("stage2.disc_until_first_error", optional=True)
   ch.boolean("stage2.disc_balance_classes", optional=True)
   ch.boolean("stage2.disc_gold_step_checks", optional=True)
@@ -407,14 +406,14 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     t0 = time.time()
     label_ids = prm_examples.label_token_ids(tokenizer) if fmt == "disc" else None
     share = c.get("correct_share", 0.0) if fmt in prm_examples.GENERATIVE_FORMATS else 0.0
-    rows = prm_examples.repeat_correct(records, share)
     examples = (prm_examples.encode_discriminative(tokenizer, records, label_field=label_field) if fmt == "disc" else
-                prm_examples.encode_examples(tokenizer, rows, fmt, "world"))
+                prm_examples.encode_examples(tokenizer, prm_examples.repeat_correct(records, share), fmt, "world"))
     disc = (dict(until_first_error=c.get("disc_until_first_error", False),
                  balance_classes=c.get("disc_balance_classes", False)) if fmt == "disc" else {})
     steps, optimizer = run_schedule(c, fmt)
     # The checkpoints of one (run, training data, schedule): records changed since (a Stage-I file rewritten) train
-    # a fresh PRM rather than resuming the old one.
+    # a fresh PRM rather than resuming the old one. The share joins only when set, so runs without it keep their
+    # checkpoints' names.
     fingerprint = hashlib.sha256(json.dumps([records, steps, c.batch_size, optimizer.to_dict(), disc, label_field]
                                             + ([share] if share else []),
                                             sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -117,8 +117,10 @@ def repeat_correct(records: Sequence[dict], share: float) -> list[dict]:
   """
   if not 0.0 <= share < 1.0:
     raise ValueError(f"share={share!r}: expected a share of rows in [0, 1)")
-  good = [r for r in records if all(r["verdicts"])]
-  rest = [r for r in records if not all(r["verdicts"])]
+  good, rest = [], []
+  for r in records:
+    (good if all(r["verdicts"]) else rest).append(r)
+  # The epsilon keeps an exact quotient exact under float rounding (0.3 * 7 / 0.7 = 3.0000000000000004 -> 3, not 4).
   k = max(len(good), int(np.ceil(share * len(rest) / (1.0 - share) - 1e-9)))
   if not good or k == len(good):
     return list(records)

@@ -32,12 +32,13 @@ to compare two spans, and models of the world's size do not learn that compariso
 reached 0.90 at 1000 steps (README, "what limits the world's PRMs and verifier"). An earlier format with only one
 span taught it to restate the correct step and call it correct. Subtracting the operands as well as the results
 (so a step wrong in an operand but right in its result would not show difference 0) was measured and not kept:
-from the pipeline's generator it lowered the verifier's sampled step accuracy from 0.872 to 0.768 (README). The computed step is the expected correct step,
-except where the teacher's judgment slipped: a missed error shows the student's step (it agreed; difference 0), a
-false alarm the expected step with its result off by 1-3 (its own slip), kept within the numbers of the prompt so
-every number stays in the world's vocabulary. A wrong step whose result is right by coincidence (another operand or
-operation giving the same value) shows difference 0 and keeps the teacher's verdict, incorrect. After the first
-believed error, and beyond the problem's steps, an analysis is the student's step alone.
+from the pipeline's generator it lowered the verifier's sampled step accuracy from 0.872 to 0.768 (README). The
+computed step is the expected correct step, except where the teacher's judgment slipped: a missed error shows the
+student's step (it agreed; difference 0), a false alarm the expected step with its result off by 1-3 (its own slip),
+kept within the numbers of the prompt so every number stays in the world's vocabulary. A wrong step whose result is
+right by coincidence (another operand or operation giving the same value) shows difference 0 and keeps the teacher's
+verdict, incorrect. After the first believed error, and beyond the problem's steps, an analysis is the student's
+step alone.
 
 The truth is `arith.process_labels`, which also makes the last step wrong when the answer line contradicts it
 (`arith.first_error`); such solutions are never sampled, but keep eps=0 transcripts exactly equal to the labels.
