@@ -18,7 +18,8 @@ VARIANTS = ("step_consistency", "outcome_consistency", "meta_critique_base", "me
 
 
 def _main(workdir):
-  # correct_share: the generative PRMs' rows repeat the all-correct records (checked below); off in the config.
+  # correct_share: the generative PRMs' rows repeat the all-correct records (checked below); given here so the
+  # check does not rest on the config's value.
   return subprocess.run([sys.executable, "-m", "sparkjax.main", "--config=configs/spark_prm.py:runlocal",
                          "--config.stage2.correct_share=0.3", f"--workdir={workdir}"], capture_output=True, text=True,
                         cwd=ROOT, timeout=900)
