@@ -65,6 +65,24 @@ def test_padding_mask_matches_transformers(family):
   assert np.abs(ours[mask] - theirs[mask]).max() < 1e-4
 
 
+def test_causal_blocks_match_transformers(family, monkeypatch):
+  """Query blocks of 3 over 10 tokens (one left-padded row): the block path, not the single block, against HF."""
+  _, cfg, params, model_dir = family
+  monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 3)
+  tokens = np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 10))
+  mask = np.ones((2, 10), bool)
+  mask[1, :4] = False
+  pos = transformer.positions_from_mask(jnp.asarray(mask))
+  ours = np.asarray(transformer.forward(params, cfg, jnp.asarray(tokens), pos, jnp.asarray(mask)))
+  with torch.no_grad():
+    theirs = _hf_model(model_dir)(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
+                                  position_ids=torch.tensor(np.asarray(pos))).logits.numpy()
+  assert np.abs(ours[mask] - theirs[mask]).max() < 1e-4
+  monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 64)
+  one_block = np.asarray(transformer.forward(params, cfg, jnp.asarray(tokens), pos, jnp.asarray(mask)))
+  np.testing.assert_allclose(ours[mask], one_block[mask], atol=1e-5)
+
+
 def test_load_roundtrip_and_scan_unscan(family):
   _, cfg, params, model_dir = family
   loaded, cfg2 = hf.load_params(model_dir)

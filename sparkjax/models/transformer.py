@@ -171,6 +171,26 @@ def _attention(q_BTNH, k_BKSH, v_BKSH, mask_BTS):
   return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
+# Query block of the causal attention without a cache (training, scoring): block i attends to keys [0, end of block i)
+# only, skipping the keys the causal mask hides. On the world model (2 x 64, 64 rows) forward + backward went
+# 146.7 -> 127.4 ms at 154 tokens and 230 -> 176 ms at 200 (one run each, 2-core Intel Xeon); 32-96 were within noise.
+CAUSAL_BLOCK = 64
+
+
+def _causal_attention(q_BTNH, k_BKTH, v_BKTH, mask_BTS):
+  """`_attention` over the same T keys as queries, under a mask that includes the causal one, computed per query
+  block of `CAUSAL_BLOCK` against the keys up to that block's end. The same values (the skipped keys have
+  probability exactly 0) up to float summation order."""
+  T = q_BTNH.shape[1]
+  if T <= CAUSAL_BLOCK:
+    return _attention(q_BTNH, k_BKTH, v_BKTH, mask_BTS)
+  outs = []
+  for lo in range(0, T, CAUSAL_BLOCK):
+    hi = min(T, lo + CAUSAL_BLOCK)
+    outs.append(_attention(q_BTNH[:, lo:hi], k_BKTH[:, :, :hi], v_BKTH[:, :, :hi], mask_BTS[:, lo:hi, :hi]))
+  return jnp.concatenate(outs, axis=1)
+
+
 def _layer(cfg: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, write_kv=None):
   """One pre-norm block: (x_BTD, aux).
 
@@ -194,7 +214,9 @@ def _layer(cfg: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, write_
   aux = None
   if write_kv is not None:
     k, v, aux = write_kv(k, v)
-  attn = _attention(q, k.astype(dt), v.astype(dt), mask_BTS)
+    attn = _attention(q, k.astype(dt), v.astype(dt), mask_BTS)
+  else:
+    attn = _causal_attention(q, k.astype(dt), v.astype(dt), mask_BTS)
   # Heads and head_dim flattened into one contracting axis (free reshapes): with two, XLA:CPU transposed the o_proj
   # weight on every call.
   N, H = attn.shape[2:]

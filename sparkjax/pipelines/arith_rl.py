@@ -67,8 +67,11 @@ def world_and_tokenizer(config, workdir: Path):
 
 
 def model_config(config, tokenizer) -> ModelConfig:
+  """The world's Qwen2-shaped model from `config.model`. Its few layers are unrolled (scan_layers False), which XLA:CPU
+  runs faster: on the 2 x 64 model forward + backward of 64 rows took 134.7 ms instead of 146.7 at 154 tokens and
+  181 instead of 230 at 200 (one run each, 2-core Intel Xeon)."""
   m = config.model
-  return ModelConfig(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=m.hidden_size,
+  return ModelConfig(scan_layers=False, model_type="qwen2", vocab_size=len(tokenizer), hidden_size=m.hidden_size,
                      intermediate_size=m.intermediate_size, num_layers=m.num_layers, num_heads=m.num_heads,
                      num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads, qkv_bias=True,
                      tie_embeddings=True, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
