@@ -52,9 +52,11 @@ def test_logits_match_transformers(family):
   assert np.abs(ours - theirs).max() < 1e-4
 
 
-def test_padding_mask_matches_transformers(family):
+def _left_padded_vs_transformers(family, seed):
+  """(our logits, HF's logits, mask) on 2 rows of 10 tokens, the second left-padded by 4, with positions skipping the
+  padding."""
   _, cfg, params, model_dir = family
-  tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, (2, 10))
+  tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size, (2, 10))
   mask = np.ones((2, 10), bool)
   mask[1, :4] = False  # left padding
   pos = transformer.positions_from_mask(jnp.asarray(mask))
@@ -62,24 +64,22 @@ def test_padding_mask_matches_transformers(family):
   with torch.no_grad():
     theirs = _hf_model(model_dir)(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
                                   position_ids=torch.tensor(np.asarray(pos))).logits.numpy()
+  return ours, theirs, mask
+
+
+def test_padding_mask_matches_transformers(family):
+  ours, theirs, mask = _left_padded_vs_transformers(family, seed=2)
   assert np.abs(ours[mask] - theirs[mask]).max() < 1e-4
 
 
 def test_causal_blocks_match_transformers(family, monkeypatch):
-  """Query blocks of 3 over 10 tokens (one left-padded row): the block path, not the single block, against HF."""
-  _, cfg, params, model_dir = family
+  """Query blocks of 3 over 10 tokens (one left-padded row): the block path, not the single block, against HF and
+  against one block."""
   monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 3)
-  tokens = np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 10))
-  mask = np.ones((2, 10), bool)
-  mask[1, :4] = False
-  pos = transformer.positions_from_mask(jnp.asarray(mask))
-  ours = np.asarray(transformer.forward(params, cfg, jnp.asarray(tokens), pos, jnp.asarray(mask)))
-  with torch.no_grad():
-    theirs = _hf_model(model_dir)(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
-                                  position_ids=torch.tensor(np.asarray(pos))).logits.numpy()
+  ours, theirs, mask = _left_padded_vs_transformers(family, seed=4)
   assert np.abs(ours[mask] - theirs[mask]).max() < 1e-4
   monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 64)
-  one_block = np.asarray(transformer.forward(params, cfg, jnp.asarray(tokens), pos, jnp.asarray(mask)))
+  one_block, _, _ = _left_padded_vs_transformers(family, seed=4)
   np.testing.assert_allclose(ours[mask], one_block[mask], atol=1e-5)
 
 
