@@ -81,6 +81,11 @@ def test_causal_blocks_match_transformers(family, monkeypatch):
   monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 64)
   one_block, _, _ = _left_padded_vs_transformers(family, seed=4)
   np.testing.assert_allclose(ours[mask], one_block[mask], atol=1e-5)
+  # Blocks of 1 capped at 3 blocks: blocks of 4, 4 and 2.
+  monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 1)
+  monkeypatch.setattr(transformer, "MAX_CAUSAL_BLOCKS", 3)
+  capped, _, _ = _left_padded_vs_transformers(family, seed=4)
+  np.testing.assert_allclose(capped[mask], one_block[mask], atol=1e-5)
 
 
 def test_load_roundtrip_and_scan_unscan(family):

@@ -175,18 +175,22 @@ def _attention(q_BTNH, k_BKSH, v_BKSH, mask_BTS):
 # only, skipping the keys the causal mask hides. On the world model (2 x 64, 64 rows) forward + backward went
 # 146.7 -> 127.4 ms at 154 tokens and 230 -> 176 ms at 200 (one run each, 2-core Intel Xeon); 32-96 were within noise.
 CAUSAL_BLOCK = 64
+# At most this many blocks (longer rows get longer blocks), so a long sequence does not unroll into hundreds of
+# attention ops per layer; rows up to 512 tokens keep blocks of 64.
+MAX_CAUSAL_BLOCKS = 8
 
 
 def _causal_attention(q_BTNH, k_BKTH, v_BKTH, mask_BTS):
   """`_attention` over the same T keys as queries, under a mask that includes the causal one, computed per query
-  block of `CAUSAL_BLOCK` against the keys up to that block's end. The same values (the skipped keys have
-  probability exactly 0) up to float summation order."""
+  block (`CAUSAL_BLOCK` tokens, at most `MAX_CAUSAL_BLOCKS` blocks) against the keys up to that block's end. The
+  same values (the skipped keys have probability exactly 0) up to float summation order."""
   T = q_BTNH.shape[1]
-  if T <= CAUSAL_BLOCK:
+  block = max(CAUSAL_BLOCK, -(-T // MAX_CAUSAL_BLOCKS))
+  if T <= block:
     return _attention(q_BTNH, k_BKTH, v_BKTH, mask_BTS)
   outs = []
-  for lo in range(0, T, CAUSAL_BLOCK):
-    hi = min(T, lo + CAUSAL_BLOCK)
+  for lo in range(0, T, block):
+    hi = min(T, lo + block)
     outs.append(_attention(q_BTNH[:, lo:hi], k_BKTH[:, :, :hi], v_BKTH[:, :, :hi], mask_BTS[:, lo:hi, :hi]))
   return jnp.concatenate(outs, axis=1)
 
