@@ -44,8 +44,7 @@ def get_config(arg=None):
   #    verify_first: 1000 verify-only steps, then 500 of the mix. With the mix from the start, 1000 steps from the
   #    generator of the first run with the held-out split learnt to write the correct step instead of restating the
   #    student's (sampled step accuracy 0.482); this recipe gives 0.900 from that start and 0.858 from seed 1's
-  #    (one run each, README SPARK-PRM section), and 0.886, 0.866 and 0.845 in the three full runs
-  #    measured.
+  #    (one run each, README SPARK-PRM section), and 0.886, 0.866 and 0.845 in the three full runs measured.
   c.verifier = ml_collections.ConfigDict(dict(steps=1500, batch_size=64, eps=arg.eps, p_error=0.5, by_task=True,
                                               verify_first=1000))
   c.verifier.optimizer = optimizer_config(3e-3, 1500, warmup_steps=20, schedule="cosine")

@@ -52,40 +52,47 @@ def test_logits_match_transformers(family):
   assert np.abs(ours - theirs).max() < 1e-4
 
 
-def _left_padded_vs_transformers(family, seed):
-  """(our logits, HF's logits, mask) on 2 rows of 10 tokens, the second left-padded by 4, with positions skipping the
-  padding."""
-  _, cfg, params, model_dir = family
+def _left_padded(family, seed):
+  """(tokens, mask, positions): 2 rows of 10 tokens, the second left-padded by 4, positions skipping the padding."""
+  cfg = family[1]
   tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size, (2, 10))
   mask = np.ones((2, 10), bool)
   mask[1, :4] = False  # left padding
-  pos = transformer.positions_from_mask(jnp.asarray(mask))
-  ours = np.asarray(transformer.forward(params, cfg, jnp.asarray(tokens), pos, jnp.asarray(mask)))
+  return tokens, mask, transformer.positions_from_mask(jnp.asarray(mask))
+
+
+def _ours(family, tokens, mask, pos):
+  _, cfg, params, _ = family
+  return np.asarray(transformer.forward(params, cfg, jnp.asarray(tokens), pos, jnp.asarray(mask)))
+
+
+def _theirs(family, tokens, mask, pos):
   with torch.no_grad():
-    theirs = _hf_model(model_dir)(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
-                                  position_ids=torch.tensor(np.asarray(pos))).logits.numpy()
-  return ours, theirs, mask
+    return _hf_model(family[3])(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
+                                position_ids=torch.tensor(np.asarray(pos))).logits.numpy()
 
 
 def test_padding_mask_matches_transformers(family):
-  ours, theirs, mask = _left_padded_vs_transformers(family, seed=2)
+  tokens, mask, pos = _left_padded(family, seed=2)
+  ours, theirs = _ours(family, tokens, mask, pos), _theirs(family, tokens, mask, pos)
   assert np.abs(ours[mask] - theirs[mask]).max() < 1e-4
 
 
 def test_causal_blocks_match_transformers(family, monkeypatch):
   """Query blocks of 3 over 10 tokens (one left-padded row): the block path, not the single block, against HF and
-  against one block."""
+  against one block. 1e-5 between block layouts: the same float32 sums in another order, over at most 10 keys and
+  64-wide contractions of O(1) logits (float32 eps 1.2e-7), the bound the scanned / unrolled comparison below uses."""
+  tokens, mask, pos = _left_padded(family, seed=4)
   monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 3)
-  ours, theirs, mask = _left_padded_vs_transformers(family, seed=4)
-  assert np.abs(ours[mask] - theirs[mask]).max() < 1e-4
+  blocks = _ours(family, tokens, mask, pos)
+  assert np.abs(blocks[mask] - _theirs(family, tokens, mask, pos)[mask]).max() < 1e-4
   monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 64)
-  one_block, _, _ = _left_padded_vs_transformers(family, seed=4)
-  np.testing.assert_allclose(ours[mask], one_block[mask], atol=1e-5)
+  one_block = _ours(family, tokens, mask, pos)
+  np.testing.assert_allclose(blocks[mask], one_block[mask], atol=1e-5)
   # Blocks of 1 capped at 3 blocks: blocks of 4, 4 and 2.
   monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 1)
   monkeypatch.setattr(transformer, "MAX_CAUSAL_BLOCKS", 3)
-  capped, _, _ = _left_padded_vs_transformers(family, seed=4)
-  np.testing.assert_allclose(capped[mask], one_block[mask], atol=1e-5)
+  np.testing.assert_allclose(_ours(family, tokens, mask, pos)[mask], one_block[mask], atol=1e-5)
 
 
 def test_load_roundtrip_and_scan_unscan(family):
