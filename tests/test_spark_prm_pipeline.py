@@ -100,12 +100,14 @@ def test_stages_files_resume_and_bad_records(tmp_path):
   missing = json.loads(lines[0])
   del missing["steps"]
   path.write_text("\n".join([json.dumps(bad), json.dumps(missing)] + lines) + "\n")
-  # Only this run is trained again: the other runs' results stay (Stage II resumes run by run).
+  # Only this run is trained again, as its records changed: the other runs' results stay (Stage II resumes run by
+  # run, each result kept with the fingerprint of its records and schedule).
   done = json.loads((tmp_path / "stage2.json").read_text())
-  del done[run]
-  (tmp_path / "stage2.json").write_text(json.dumps(done))
+  old_fingerprint = done.pop(run)["fingerprint"]
   r3 = _main(tmp_path)
   assert r3.returncode == 0, r3.stderr[-3000:]
+  assert f"stage II {run}: its records or schedule changed" in r3.stderr
+  assert json.loads((tmp_path / "stage2.json").read_text())[run]["fingerprint"] != old_fingerprint
   res = json.loads((tmp_path / "stage2.json").read_text())[run]
   assert res["bad_records"] == 2 and res["train_records"] == len(lines)
   assert "2 records of" in r3.stderr and "left out" in r3.stderr

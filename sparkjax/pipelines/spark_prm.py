@@ -381,9 +381,6 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
   results = json.loads(results_path.read_text()) if results_path.is_file() else {}
   for run in c.runs:
     variant, fmt = run.split(":")
-    if run in results:
-      common.say(f"stage II {run}: done before (ProcessBench F1 {_num(results[run].get('f1'))})")
-      continue
     if variant not in paths:
       raise ValueError(f"config stage2.runs names {variant!r}; known data variants: {', '.join(paths)}")
     records, bad = prm_examples.load_records(paths[variant])
@@ -398,25 +395,31 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
       common.say(f"stage II {run}: {len(unlabelled)} records of {paths[variant]} have no {label_field!r} (a file "
                  f"from an older run?), left out: {unlabelled[:2]}")
       records = [r for r in records if label_field in r]
+    share = c.get("correct_share", 0.0) if fmt in prm_examples.GENERATIVE_FORMATS else 0.0
+    disc = (dict(until_first_error=c.get("disc_until_first_error", False),
+                 balance_classes=c.get("disc_balance_classes", False)) if fmt == "disc" else {})
+    steps, optimizer = run_schedule(c, fmt)
+    # One (run, training data, schedule): records changed since (a Stage-I file rewritten) or another schedule train
+    # a fresh PRM rather than resuming the old one or keeping its result. The share joins only when set, so runs
+    # without it keep their checkpoints' names.
+    fingerprint = hashlib.sha256(json.dumps([records, steps, c.batch_size, optimizer.to_dict(), disc, label_field]
+                                            + ([share] if share else []),
+                                            sort_keys=True, default=str).encode()).hexdigest()[:12]
+    if run in results and results[run].get("fingerprint") == fingerprint:
+      common.say(f"stage II {run}: done before (ProcessBench F1 {_num(results[run].get('f1'))})")
+      continue
+    if run in results:
+      common.say(f"stage II {run}: its records or schedule changed since its kept result (or that result names "
+                 "none); training it again")
     if not records:  # reported in the table; the other runs go on
       common.say(f"stage II {run}: no usable record in {paths[variant]}; not trained")
-      results[run] = dict(error=f"no usable record in {paths[variant]}", train_records=0,
+      results[run] = dict(error=f"no usable record in {paths[variant]}", train_records=0, fingerprint=fingerprint,
                           bad_records=len(bad) + len(unlabelled), outcome=dict(f1=None))
       continue
     t0 = time.time()
     label_ids = prm_examples.label_token_ids(tokenizer) if fmt == "disc" else None
-    share = c.get("correct_share", 0.0) if fmt in prm_examples.GENERATIVE_FORMATS else 0.0
     examples = (prm_examples.encode_discriminative(tokenizer, records, label_field=label_field) if fmt == "disc" else
                 prm_examples.encode_examples(tokenizer, prm_examples.repeat_correct(records, share), fmt, "world"))
-    disc = (dict(until_first_error=c.get("disc_until_first_error", False),
-                 balance_classes=c.get("disc_balance_classes", False)) if fmt == "disc" else {})
-    steps, optimizer = run_schedule(c, fmt)
-    # The checkpoints of one (run, training data, schedule): records changed since (a Stage-I file rewritten) train
-    # a fresh PRM rather than resuming the old one. The share joins only when set, so runs without it keep their
-    # checkpoints' names.
-    fingerprint = hashlib.sha256(json.dumps([records, steps, c.batch_size, optimizer.to_dict(), disc, label_field]
-                                            + ([share] if share else []),
-                                            sort_keys=True, default=str).encode()).hexdigest()[:12]
     ckpt = Checkpointer(workdir / "checkpoints" / "prm" / f"{prm_dir_name(run)}-{fingerprint}",
                         max_to_keep=config.checkpoint.keep)
     try:
@@ -429,8 +432,8 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)
     prm_dir = workdir / "prms" / prm_dir_name(run)
     save_prm(params, cfg, tokenizer, prm_dir, dict(variant=variant, format=fmt, world=config.world.to_dict()))
-    res.update(train_records=len(records), train_rows=len(examples["tokens"]), correct_share=share,
-               bad_records=len(bad) + len(unlabelled), label_field=label_field,
+    res.update(fingerprint=fingerprint, train_records=len(records), train_rows=len(examples["tokens"]),
+               correct_share=share, bad_records=len(bad) + len(unlabelled), label_field=label_field,
                train_steps=steps, train_seconds=time.time() - t0,
                final_loss=history[-1]["loss"] if history else None, prm_dir=str(prm_dir))
     results[run] = res
