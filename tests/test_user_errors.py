@@ -94,6 +94,10 @@ def test_more_bad_fields(tmp_path, override, needles):
     (["--config.stage2.format_steps.disc=0"], ["stage2.format_steps.disc=0", "steps >= 1"]),
     (["--config.world.heldout_every=0"], ["world.heldout_every=0"]),  # no held-out problems: refused
     (["--config.stage2.length_buckets=9"], ["stage2.length_buckets=9", "in [0, 8]"]),  # more micro-batches than rows
+    (["--config.stage2.format_batch.prm_cot=0"], ["stage2.format_batch.prm_cot=0", "batch size >= 1"]),
+    # A format's smaller batch bounds the micro-batches too.
+    (["--config.stage2.format_batch.prm_cot=2", "--config.stage2.length_buckets=3"],
+     ["stage2.length_buckets=3", "at most stage2.format_batch.prm_cot=2"]),
     (["--config.stage2.correct_share=1.0"], ["stage2.correct_share=1.0", "in [0.0, 1.0)"]),
     (["--config.verifier.by_task=False", "--config.verifier.verify_first=5"],
      ["verifier.verify_first=5", "needs verifier.by_task=True"]),
@@ -121,6 +125,8 @@ def test_spark_prm_run_schedule_stretches_the_schedule_to_a_format_s_steps():
   assert (steps, opt.total_steps, opt.lr) == (3 * c.steps, 3 * c.steps, c.optimizer.lr)
   assert c.optimizer.total_steps == c.steps  # the config's own schedule is not touched
   assert spark_prm.run_schedule(c, "prm") == (c.steps, c.optimizer)
+  c.format_batch = ml_collections.ConfigDict(dict(prm_cot=c.batch_size // 2))
+  assert spark_prm.run_batch(c, "prm_cot") == c.batch_size // 2 and spark_prm.run_batch(c, "disc") == c.batch_size
 
 
 def test_spark_prm_switches_must_be_booleans():

@@ -95,9 +95,18 @@ def check_config(ch: config_check.Checks):
     if fmt not in prm_examples.FORMATS or isinstance(n, bool) or not isinstance(n, int) or n < 1:
       ch.fail(f"stage2.format_steps.{fmt}", n, f"expected a format in {', '.join(prm_examples.FORMATS)} mapped to an "
               "integer number of steps >= 1")
+  fb = ch.get("stage2.format_batch")
+  for fmt, n in (dict(fb) if fb else {}).items():
+    if fmt not in prm_examples.FORMATS or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+      ch.fail(f"stage2.format_batch.{fmt}", n, f"expected a format in {', '.join(prm_examples.FORMATS)} mapped to an "
+              "integer batch size >= 1")
   bs = ch.get("stage2.batch_size", None)
   ch.int_range("stage2.length_buckets", 0, bs if isinstance(bs, int) and not isinstance(bs, bool) else None,
                optional=True)
+  lb = ch.get("stage2.length_buckets", 0)
+  for fmt, n in (dict(fb) if fb else {}).items():
+    if isinstance(lb, int) and isinstance(n, int) and 1 <= n < lb:
+      ch.fail("stage2.length_buckets", lb, f"expected at most stage2.format_batch.{fmt}={n} (a batch's micro-batches)")
   ch.float_range("stage2.correct_share", 0.0, 1.0, hi_open=True, optional=True)
   ch.boolean("stage2.disc_until_first_error", optional=True)
   ch.boolean("stage2.disc_balance_classes", optional=True)
@@ -345,6 +354,12 @@ def run_schedule(c, fmt: str):
   return steps, optimizer
 
 
+def run_batch(c, fmt: str) -> int:
+  """Rows per update of a Stage II run of format `fmt`: `stage2.format_batch[fmt]` when set, else
+  `stage2.batch_size`."""
+  return (c.get("format_batch") or {}).get(fmt, c.batch_size)
+
+
 PRM_META = "prm.json"  # read by spark_rl.load_world_prm
 
 
@@ -399,10 +414,11 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     disc = (dict(until_first_error=c.get("disc_until_first_error", False),
                  balance_classes=c.get("disc_balance_classes", False)) if fmt == "disc" else {})
     steps, optimizer = run_schedule(c, fmt)
+    batch = run_batch(c, fmt)
     # One (run, training data, schedule): records changed since (a Stage-I file rewritten) or another schedule train
     # a fresh PRM rather than resuming the old one or keeping its result. The share joins only when set, so runs
     # without it keep their checkpoints' names.
-    fingerprint = hashlib.sha256(json.dumps([records, steps, c.batch_size, optimizer.to_dict(), disc, label_field]
+    fingerprint = hashlib.sha256(json.dumps([records, steps, batch, optimizer.to_dict(), disc, label_field]
                                             + ([share] if share else []),
                                             sort_keys=True, default=str).encode()).hexdigest()[:12]
     if run in results and results[run].get("fingerprint") == fingerprint:
@@ -423,7 +439,7 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     ckpt = Checkpointer(workdir / "checkpoints" / "prm" / f"{prm_dir_name(run)}-{fingerprint}",
                         max_to_keep=config.checkpoint.keep)
     try:
-      params, history = prm_train.train_prm(base_params, cfg, examples, fmt, optimizer, steps, c.batch_size,
+      params, history = prm_train.train_prm(base_params, cfg, examples, fmt, optimizer, steps, batch,
                                             config.seed, writer=writer, label_ids=label_ids, ckpt=ckpt,
                                             checkpoint_every=config.checkpoint.every,
                                             length_buckets=c.get("length_buckets", 0), **disc)
@@ -434,7 +450,7 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     save_prm(params, cfg, tokenizer, prm_dir, dict(variant=variant, format=fmt, world=config.world.to_dict()))
     res.update(fingerprint=fingerprint, train_records=len(records), train_rows=len(examples["tokens"]),
                correct_share=share, bad_records=len(bad) + len(unlabelled), label_field=label_field,
-               train_steps=steps, train_seconds=time.time() - t0,
+               train_steps=steps, train_batch=batch, train_seconds=time.time() - t0,
                final_loss=history[-1]["loss"] if history else None, prm_dir=str(prm_dir))
     results[run] = res
     common.say(f"stage II {run}: ProcessBench F1 {_num(res.get('f1'))} (acc_err {_num(res.get('acc_err'))}, "
