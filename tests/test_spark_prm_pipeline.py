@@ -100,17 +100,22 @@ def test_stages_files_resume_and_bad_records(tmp_path):
   missing = json.loads(lines[0])
   del missing["steps"]
   path.write_text("\n".join([json.dumps(bad), json.dumps(missing)] + lines) + "\n")
-  # Only this run is trained again, as its records changed: the other runs' results stay (Stage II resumes run by
-  # run, each result kept with the fingerprint of its records and schedule).
+  # Only the runs whose kept result is gone or stale train again: the bad lines leave the usable records (and so the
+  # run's fingerprint) as they were, so this run's result is removed; another's fingerprint is made stale, as a
+  # changed schedule or Stage-I file would. The other runs' results stay (Stage II resumes run by run).
   done = json.loads((tmp_path / "stage2.json").read_text())
-  old_fingerprint = done.pop(run)["fingerprint"]
+  del done[run]
+  other = next(k for k in trained if k != run)
+  kept = done[other]["fingerprint"]
+  done[other]["fingerprint"] = "0" * len(kept)
+  (tmp_path / "stage2.json").write_text(json.dumps(done))
   r3 = _main(tmp_path)
   assert r3.returncode == 0, r3.stderr[-3000:]
-  assert f"stage II {run}: its records or schedule changed" in r3.stderr
-  assert json.loads((tmp_path / "stage2.json").read_text())[run]["fingerprint"] != old_fingerprint
+  assert f"stage II {other}: its records or schedule changed" in r3.stderr
+  assert json.loads((tmp_path / "stage2.json").read_text())[other]["fingerprint"] == kept  # same records, schedule
   res = json.loads((tmp_path / "stage2.json").read_text())[run]
   assert res["bad_records"] == 2 and res["train_records"] == len(lines)
   assert "2 records of" in r3.stderr and "left out" in r3.stderr
-  assert sum("done before" in line for line in r3.stderr.splitlines() if "stage II" in line) == len(done)
+  assert sum("done before" in line for line in r3.stderr.splitlines() if "stage II" in line) == len(done) - 1
   # The retrained PRM replaced its directory; nothing half-written is left beside it.
   assert Path(res["prm_dir"]).is_dir() and not list((tmp_path / "prms").glob("*.new"))
