@@ -90,16 +90,13 @@ def check_config(ch: config_check.Checks):
     ch.int_range(f"stage2.{k}", 1)
   ch.int_range("stage2.max_new_tokens", 0)
   ch.int_range("stage2.heldout_balance", 0)
-  fs = ch.get("stage2.format_steps")
-  for fmt, n in (dict(fs) if fs else {}).items():
-    if fmt not in prm_examples.FORMATS or isinstance(n, bool) or not isinstance(n, int) or n < 1:
-      ch.fail(f"stage2.format_steps.{fmt}", n, f"expected a format in {', '.join(prm_examples.FORMATS)} mapped to an "
-              "integer number of steps >= 1")
+  for field, what in (("format_steps", "number of steps"), ("format_batch", "batch size")):
+    per_format = ch.get(f"stage2.{field}")
+    for fmt, n in (dict(per_format) if per_format else {}).items():
+      if fmt not in prm_examples.FORMATS or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        ch.fail(f"stage2.{field}.{fmt}", n, f"expected a format in {', '.join(prm_examples.FORMATS)} mapped to an "
+                f"integer {what} >= 1")
   fb = ch.get("stage2.format_batch")
-  for fmt, n in (dict(fb) if fb else {}).items():
-    if fmt not in prm_examples.FORMATS or isinstance(n, bool) or not isinstance(n, int) or n < 1:
-      ch.fail(f"stage2.format_batch.{fmt}", n, f"expected a format in {', '.join(prm_examples.FORMATS)} mapped to an "
-              "integer batch size >= 1")
   bs = ch.get("stage2.batch_size", None)
   ch.int_range("stage2.length_buckets", 0, bs if isinstance(bs, int) and not isinstance(bs, bool) else None,
                optional=True)
