@@ -62,6 +62,8 @@ def test_stages_files_resume_and_bad_records(tmp_path):
     generative = not k.endswith(":disc")
     assert results["stage2"][k]["correct_share"] == (0.3 if generative else 0.0), k
     assert results["stage2"][k]["train_rows"] == (rows if generative else len(recs)), (k, rows, len(recs))
+    # runlocal's PRM-CoTs train in batches of 4 (stage2.format_batch), the other formats in stage2's 8.
+    assert results["stage2"][k]["train_batch"] == (4 if k.endswith(":prm_cot") else 8), k
     repeated.append(generative and rows > len(recs))
   assert any(repeated), repeated  # some run's rows were repeated, so the checks above see the wiring
   # Every trained PRM is a HF directory with the world tokenizer (Stage III and ProcessBench load it).
