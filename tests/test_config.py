@@ -91,3 +91,21 @@ def test_microbatches_must_divide_the_judge_rows():
       "not a multiple of rl.num_microbatches=8 (the judge update splits its rows into the policy's micro-batches)"]
   assert judge_errors(4, microbatches=8) == []
   assert judge_errors(3) == []  # no micro-batches (the world's configs): nothing to split
+
+
+def test_spark_prm_trains_the_variants_discriminative_prms_only_when_asked():
+  """The paper's formats (`prm`, PRM-CoT) on every data variant and the ORM always; the discriminative PRM on the
+  exact labels, and on the five SPARK variants only with `disc_variants`."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("spark_prm_config", ROOT / "configs" / "spark_prm.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  variants = ["step_consistency", "outcome_consistency", "meta_critique_base", "meta_critique_outcome",
+              "reference_guided", "gold"]
+  for arg, discs in ((None, ["gold"]), ("disc_variants", variants)):
+    runs = list(mod.get_config(arg).stage2.runs)
+    assert sorted(r for r in runs if r.endswith(":disc")) == sorted(f"{v}:disc" for v in discs)
+    for fmt in ("prm", "prm_cot"):
+      assert sorted(r for r in runs if r.endswith(f":{fmt}")) == sorted(f"{v}:{fmt}" for v in variants)
+    assert [r for r in runs if r.endswith(":orm")] == ["step_consistency:orm"] and len(set(runs)) == len(runs)
