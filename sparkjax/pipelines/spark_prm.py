@@ -15,6 +15,7 @@ verifications, meta-critiques, reference-guided) is kept until the stage complet
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import pickle
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -357,6 +359,73 @@ def run_batch(c, fmt: str) -> int:
   return (c.get("format_batch") or {}).get(fmt, c.batch_size)
 
 
+def run_records(c, run: str, path) -> tuple[list[dict], int]:
+  """The usable records of a Stage II run "variant:format" from its variant's Stage-I file, and how many were left
+  out (wrong schema, or without the run's label field: a file from an older run); each kind is reported."""
+  variant, fmt = run.split(":")
+  records, bad = prm_examples.load_records(path)
+  if bad:
+    common.say(f"stage II {run}: {len(bad)} records of {path} left out: {bad[:2]}")
+  label_field = run_plan(c, variant, fmt).label_field
+  unlabelled = [r.get("id") for r in records if label_field not in r]
+  if unlabelled:
+    common.say(f"stage II {run}: {len(unlabelled)} records of {path} have no {label_field!r} (a file from an older "
+               f"run?), left out: {unlabelled[:2]}")
+    records = [r for r in records if label_field in r]
+  return records, len(bad) + len(unlabelled)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """How a Stage II run trains: its format, label field, share of repeated all-correct rows, discriminative options
+  (`prm_train.train_prm`'s until_first_error / balance_classes), steps, optimizer config and batch (rows)."""
+  fmt: str
+  label_field: str
+  share: float
+  disc: dict
+  steps: int
+  optimizer: Any
+  batch: int
+
+
+def run_plan(c, variant: str, fmt: str) -> RunPlan:
+  """The `RunPlan` of a Stage II run from the config's `stage2` fields."""
+  # The exact-label discriminative PRM may train on each step's own check rather than the propagated verdicts
+  # that verifiers (and so the SPARK variants) give: the ProcessBench label is the same (README).
+  label_field = ("step_checks" if fmt == "disc" and variant == "gold" and c.get("disc_gold_step_checks", False)
+                 else "verdicts")
+  share = c.get("correct_share", 0.0) if fmt in prm_examples.GENERATIVE_FORMATS else 0.0
+  disc = (dict(until_first_error=c.get("disc_until_first_error", False),
+               balance_classes=c.get("disc_balance_classes", False)) if fmt == "disc" else {})
+  steps, optimizer = run_schedule(c, fmt)
+  return RunPlan(fmt, label_field, share, disc, steps, optimizer, run_batch(c, fmt))
+
+
+def run_fingerprint(records, plan: RunPlan) -> str:
+  """One (training data, schedule) of a run: records changed since (a Stage-I file rewritten) or another schedule
+  train a fresh PRM rather than resuming the old one or keeping its result. The share joins only when set, so runs
+  without it keep their checkpoints' names."""
+  key = [records, plan.steps, plan.batch, plan.optimizer.to_dict(), plan.disc, plan.label_field]
+  return hashlib.sha256(json.dumps(key + ([plan.share] if plan.share else []), sort_keys=True,
+                                   default=str).encode()).hexdigest()[:12]
+
+
+def train_run(c, cfg, tokenizer, base_params, records, plan: RunPlan, seed: int, writer=None, ckpt=None,
+              checkpoint_every: int = 100):
+  """Trains one Stage II PRM from `base_params` on `records` as `plan` says (`prm_train.train_prm`, micro-batched by
+  `stage2.length_buckets`); returns (params, metrics history, training rows)."""
+  label_ids = prm_examples.label_token_ids(tokenizer) if plan.fmt == "disc" else None
+  examples = (prm_examples.encode_discriminative(tokenizer, records, label_field=plan.label_field)
+              if plan.fmt == "disc" else
+              prm_examples.encode_examples(tokenizer, prm_examples.repeat_correct(records, plan.share), plan.fmt,
+                                           "world"))
+  params, history = prm_train.train_prm(base_params, cfg, examples, plan.fmt, plan.optimizer, plan.steps, plan.batch,
+                                        seed, writer=writer, label_ids=label_ids, ckpt=ckpt,
+                                        checkpoint_every=checkpoint_every,
+                                        length_buckets=c.get("length_buckets", 0), **plan.disc)
+  return params, history, len(examples["tokens"])
+
+
 PRM_META = "prm.json"  # read by spark_rl.load_world_prm
 
 
@@ -395,29 +464,9 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     variant, fmt = run.split(":")
     if variant not in paths:
       raise ValueError(f"config stage2.runs names {variant!r}; known data variants: {', '.join(paths)}")
-    records, bad = prm_examples.load_records(paths[variant])
-    if bad:
-      common.say(f"stage II {run}: {len(bad)} records of {paths[variant]} left out: {bad[:2]}")
-    # The exact-label discriminative PRM may train on each step's own check rather than the propagated verdicts
-    # that verifiers (and so the SPARK variants) give: the ProcessBench label is the same (README).
-    label_field = ("step_checks" if fmt == "disc" and variant == "gold" and c.get("disc_gold_step_checks", False)
-                   else "verdicts")
-    unlabelled = [r.get("id") for r in records if label_field not in r]
-    if unlabelled:
-      common.say(f"stage II {run}: {len(unlabelled)} records of {paths[variant]} have no {label_field!r} (a file "
-                 f"from an older run?), left out: {unlabelled[:2]}")
-      records = [r for r in records if label_field in r]
-    share = c.get("correct_share", 0.0) if fmt in prm_examples.GENERATIVE_FORMATS else 0.0
-    disc = (dict(until_first_error=c.get("disc_until_first_error", False),
-                 balance_classes=c.get("disc_balance_classes", False)) if fmt == "disc" else {})
-    steps, optimizer = run_schedule(c, fmt)
-    batch = run_batch(c, fmt)
-    # One (run, training data, schedule): records changed since (a Stage-I file rewritten) or another schedule train
-    # a fresh PRM rather than resuming the old one or keeping its result. The share joins only when set, so runs
-    # without it keep their checkpoints' names.
-    fingerprint = hashlib.sha256(json.dumps([records, steps, batch, optimizer.to_dict(), disc, label_field]
-                                            + ([share] if share else []),
-                                            sort_keys=True, default=str).encode()).hexdigest()[:12]
+    records, left_out = run_records(c, run, paths[variant])
+    plan = run_plan(c, variant, fmt)
+    fingerprint = run_fingerprint(records, plan)
     if run in results and results[run].get("fingerprint") == fingerprint:
       common.say(f"stage II {run}: done before (ProcessBench F1 {_num(results[run].get('f1'))})")
       continue
@@ -427,27 +476,22 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     if not records:  # reported in the table; the other runs go on
       common.say(f"stage II {run}: no usable record in {paths[variant]}; not trained")
       results[run] = dict(error=f"no usable record in {paths[variant]}", train_records=0, fingerprint=fingerprint,
-                          bad_records=len(bad) + len(unlabelled), outcome=dict(f1=None))
+                          bad_records=left_out, outcome=dict(f1=None))
       continue
     t0 = time.time()
-    label_ids = prm_examples.label_token_ids(tokenizer) if fmt == "disc" else None
-    examples = (prm_examples.encode_discriminative(tokenizer, records, label_field=label_field) if fmt == "disc" else
-                prm_examples.encode_examples(tokenizer, prm_examples.repeat_correct(records, share), fmt, "world"))
     ckpt = Checkpointer(workdir / "checkpoints" / "prm" / f"{prm_dir_name(run)}-{fingerprint}",
                         max_to_keep=config.checkpoint.keep)
     try:
-      params, history = prm_train.train_prm(base_params, cfg, examples, fmt, optimizer, steps, batch,
-                                            config.seed, writer=writer, label_ids=label_ids, ckpt=ckpt,
-                                            checkpoint_every=config.checkpoint.every,
-                                            length_buckets=c.get("length_buckets", 0), **disc)
+      params, history, rows = train_run(c, cfg, tokenizer, base_params, records, plan, config.seed, writer=writer,
+                                        ckpt=ckpt, checkpoint_every=config.checkpoint.every)
     finally:
       ckpt.close()
     res, _ = score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)
     prm_dir = workdir / "prms" / prm_dir_name(run)
     save_prm(params, cfg, tokenizer, prm_dir, dict(variant=variant, format=fmt, world=config.world.to_dict()))
-    res.update(fingerprint=fingerprint, train_records=len(records), train_rows=len(examples["tokens"]),
-               correct_share=share, bad_records=len(bad) + len(unlabelled), label_field=label_field,
-               train_steps=steps, train_batch=batch, train_seconds=time.time() - t0,
+    res.update(fingerprint=fingerprint, train_records=len(records), train_rows=rows,
+               correct_share=plan.share, bad_records=left_out, label_field=plan.label_field,
+               train_steps=plan.steps, train_batch=plan.batch, train_seconds=time.time() - t0,
                final_loss=history[-1]["loss"] if history else None, prm_dir=str(prm_dir))
     results[run] = res
     common.say(f"stage II {run}: ProcessBench F1 {_num(res.get('f1'))} (acc_err {_num(res.get('acc_err'))}, "
