@@ -92,6 +92,23 @@ def test_stages_files_resume_and_bad_records(tmp_path):
   assert r2.returncode == 0, r2.stderr[-3000:]
   assert "stage I: found" in r2.stderr and "done before" in r2.stderr
 
+  # The selection-set tool trains one run again as the pipeline does (here with another data order) and scores it on
+  # the generator's solutions to training problems Stage I never drew; the workdir's results stay as they were.
+  kept_results = (tmp_path / "stage2.json").read_text()
+  out = tmp_path / "selection.json"
+  r_sel = subprocess.run([sys.executable, "-m", "sparkjax.tools.prm_selection", "--config=configs/spark_prm.py:runlocal",
+                          f"--workdir={tmp_path}", "--run=gold:prm_cot", "--seed=1", "--problems=4", "--m=2",
+                          f"--out={out}"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert r_sel.returncode == 0, r_sel.stderr[-3000:]
+  sel = json.loads(out.read_text())
+  assert (sel["run"], sel["seed"], sel["steps"], sel["batch"]) == ("gold:prm_cot", 1, 3, 4)
+  assert sel["train_records"] == s1["records"]["gold"] and sel["train_rows"] == results["stage2"]["gold:prm_cot"][
+      "train_rows"]
+  assert 1 <= sel["selection_problems"] <= 4 and sel["selection_solutions"] <= 8 and "f1" in sel and "outcome_f1" in sel
+  rows = json.loads((tmp_path / "selection_items-m2-p4.json").read_text())
+  assert len(rows) == sel["selection_solutions"] and not {row[1] for row in rows} & {rec["problem"] for rec in gold}
+  assert (tmp_path / "stage2.json").read_text() == kept_results
+
   # A Stage-I file with records of the wrong schema: counted and named, the good records still train.
   run = trained[0]
   variant = run.split(":")[0]
@@ -121,3 +138,24 @@ def test_stages_files_resume_and_bad_records(tmp_path):
   assert sum("done before" in line for line in r3.stderr.splitlines() if "stage II" in line) == len(done) - 1
   # The retrained PRM replaced its directory; nothing half-written is left beside it.
   assert Path(res["prm_dir"]).is_dir() and not list((tmp_path / "prms").glob("*.new"))
+
+
+def test_selection_problems_are_training_problems_stage_one_never_drew():
+  """The set the config's Stage II choices are made on: distinct, in the training split, none of Stage I's."""
+  import importlib.util
+
+  from sparkjax.data import arith
+  from sparkjax.pipelines import spark_prm
+  from sparkjax.tools import prm_selection
+
+  spec = importlib.util.spec_from_file_location("spark_prm_config", ROOT / "configs" / "spark_prm.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config()
+  world = arith.WorldConfig(**config.world)
+  problems = prm_selection.selection_problems(config, world)
+  texts = [p.text() for p in problems]
+  stage1 = {p.text() for p in spark_prm.stage1_problems(config, world)}
+  assert len(problems) == 66 and len(set(texts)) == len(texts)  # the README's 66 problems
+  assert not set(texts) & stage1 and all(arith.split_of(p, world) == "train" for p in problems)
+  assert [p.text() for p in prm_selection.selection_problems(config, world, 5)] == texts[:5]

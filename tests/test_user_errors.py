@@ -311,3 +311,12 @@ def test_progress_lines_in_a_log_show_time_per_item_when_slow(monkeypatch, capsy
                                                   "grpo: 2/4 it (500.0 s/it, elapsed 16:40, eta 16:40)"]
   list(cli.Progress(range(1), total=1, desc="fast", every_s=0.0))
   assert capsys.readouterr().err.splitlines() == ["fast: 1/1 it (2.00 it/s, elapsed 0:00)"]
+
+
+@pytest.mark.parametrize("run,needles", [("gold:nope", ["--run=gold:nope", "expected 'variant:format'"]),
+                                         ("gold:disc", ["no complete Stage I", "stage1"])])
+def test_prm_selection_errors(tmp_path, run, needles):
+  r = _run("sparkjax.tools.prm_selection", f"--config={ROOT / 'configs' / 'spark_prm.py'}:runlocal",
+           f"--workdir={tmp_path}", f"--run={run}")
+  _user_error(r, *needles)
+  assert not any(tmp_path.iterdir())  # nothing written into a workdir without a Stage I
