@@ -4,7 +4,7 @@ Command:   python -m sparkjax.main --config=configs/spark_prm.py --workdir=/tmp/
 Smoke:     python -m sparkjax.main --config=configs/spark_prm.py:runlocal --workdir=/tmp/spark_prm_smoke
 Hardware:  a 2-core CPU. Expect: see README "SPARK-PRM in the arithmetic world" for the measured table and time.
 Args:      runlocal (tiny sizes, a smoke run), eps=F (the verifier teacher's per-step error rate), disc_variants
-           (a discriminative PRM on every SPARK variant too, not only on the exact labels; ~2 min each).
+           (a discriminative PRM on every SPARK variant, not only on step consistency and the exact labels).
 
 Stage I verifies M = 4 solutions of 1024 unlabelled problems with N = 16 samples each (T = 0.8, top_p 0.95, as
 the paper); the paper uses M = 8 and a 32B verifier. Stage II trains PRMs from the generator's weights (the paper
@@ -68,11 +68,12 @@ def get_config(arg=None):
   #    the upper bound the variants are measured against.
   c.stage2 = ml_collections.ConfigDict()
   # Every variant trains a PRM in the two formats the paper's table has (`prm`, PRM-CoT), step consistency an ORM for
-  # the outcome F1, and "gold" each format's upper bound. The discriminative PRM (not in the paper) trains on the exact
-  # labels only unless `disc_variants` is given: the five variants' ones cost ~11 of the run's minutes on the Xeon.
+  # the outcome F1, and "gold" each format's upper bound. The discriminative PRM (not in the paper) trains on step
+  # consistency (configs/spark_rl.py's Stage III uses it) and the exact labels; `disc_variants` adds the other four
+  # variants' (~9 more minutes on the Xeon).
   variants = ["step_consistency", "outcome_consistency", "meta_critique_base", "meta_critique_outcome",
               "reference_guided", "gold"]
-  c.stage2.runs = ([f"{v}:disc" for v in (variants if arg.disc_variants else ["gold"])]
+  c.stage2.runs = ([f"{v}:disc" for v in (variants if arg.disc_variants else ["step_consistency", "gold"])]
                    + [f"{v}:prm" for v in variants] + [f"{v}:prm_cot" for v in variants] + ["step_consistency:orm"])
   # Large batches: on exact labels the discriminative PRM stays at its label prior (F1 0) for 1000 steps of 32 and
   # learns at 256 (README); the gradient noise held it back. lr 3e-3: the exact-label PRM-CoT scored 81.9 against

@@ -95,7 +95,7 @@ def test_microbatches_must_divide_the_judge_rows():
 
 def test_spark_prm_trains_the_variants_discriminative_prms_only_when_asked():
   """The paper's formats (`prm`, PRM-CoT) on every data variant and the ORM always; the discriminative PRM on the
-  exact labels, and on the five SPARK variants only with `disc_variants`."""
+  exact labels and step consistency (Stage III's), and on the other four SPARK variants only with `disc_variants`."""
   import importlib.util
 
   spec = importlib.util.spec_from_file_location("spark_prm_config", ROOT / "configs" / "spark_prm.py")
@@ -103,9 +103,16 @@ def test_spark_prm_trains_the_variants_discriminative_prms_only_when_asked():
   spec.loader.exec_module(mod)
   variants = ["step_consistency", "outcome_consistency", "meta_critique_base", "meta_critique_outcome",
               "reference_guided", "gold"]
-  for arg, discs in ((None, ["gold"]), ("disc_variants", variants)):
+  for arg, discs in ((None, ["step_consistency", "gold"]), ("disc_variants", variants)):
     runs = list(mod.get_config(arg).stage2.runs)
     assert sorted(r for r in runs if r.endswith(":disc")) == sorted(f"{v}:disc" for v in discs)
     for fmt in ("prm", "prm_cot"):
       assert sorted(r for r in runs if r.endswith(f":{fmt}")) == sorted(f"{v}:{fmt}" for v in variants)
     assert [r for r in runs if r.endswith(":orm")] == ["step_consistency:orm"] and len(set(runs)) == len(runs)
+  # Stage III's default runs name PRMs the default Stage II trains.
+  spec = importlib.util.spec_from_file_location("spark_rl_config", ROOT / "configs" / "spark_rl.py")
+  rl = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(rl)
+  trained = {r.replace(":", "_") for r in mod.get_config().stage2.runs}
+  needed = {r.split("/")[0] for r in rl.RUNS if r not in ("rlvr", "random")}
+  assert needed <= trained, needed - trained
