@@ -146,7 +146,7 @@ def test_selection_problems_are_training_problems_stage_one_never_drew():
 
   from sparkjax.data import arith
   from sparkjax.pipelines import spark_prm
-  from sparkjax.tools import prm_selection
+  from sparkjax.pipelines import prm_selection
 
   spec = importlib.util.spec_from_file_location("spark_prm_config", ROOT / "configs" / "spark_prm.py")
   mod = importlib.util.module_from_spec(spec)

@@ -3,14 +3,13 @@
     python -m sparkjax.tools.prm_selection --config=configs/spark_prm.py --workdir=/tmp/spark_prm \
         --run=gold:prm_cot --seed=1 [--config.stage2.format_batch.prm_cot=128 ...] [--out=run.json]
 
-The selection set is where the config's Stage II choices (batch, steps, share, learning rate) are made: the
-generator's solutions (`--m` per problem, sampled as Stage I samples them, key `SELECTION_KEY`) to training-split
-problems of stream `SELECTION_STREAM` that Stage I never drew, so neither the PRMs' training data nor the held-out
-ProcessBench the table reports is looked at. The run trains as the pipeline's Stage II does (`spark_prm.run_plan`,
-`spark_prm.train_run`) from the workdir's generator and Stage-I file, with the config's fields as overridden and
-`--seed` as the data order (the pipeline uses `config.seed`); nothing in the workdir is changed. It prints and
-writes (`--out`) the ProcessBench F1, acc_err / acc_cor, outcome F1 and seconds. The solutions are kept in
-WORKDIR/selection_items-m<M>.json, so runs on one workdir score the same set.
+The selection set (`sparkjax/pipelines/prm_selection.py`) is where the config's Stage II choices are made: the
+generator's solutions to training-split problems Stage I never drew, so neither the PRMs' training data nor the
+held-out ProcessBench the table reports is looked at. The run trains as the pipeline's Stage II does
+(`spark_prm.run_plan`, `spark_prm.train_run`) from the workdir's generator and Stage-I file, with the config's fields as
+overridden and `--seed` as the data order (the pipeline uses `config.seed`). It prints and writes (`--out`) the
+ProcessBench F1, acc_err / acc_cor, outcome F1 and seconds. In the workdir it only adds the selection set's solutions
+(WORKDIR/selection_items-m<M>.json), so runs on one workdir score the same set.
 """
 
 from __future__ import annotations
@@ -20,21 +19,14 @@ from sparkjax import cli  # first: it quiets libraries before they are imported
 if __name__ == "__main__":
   cli.reexec_with_huge_pages()
 
-import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from sparkjax.config_args import parse_flags
-
-SELECTION_STREAM = 97  # no config stream uses it (data.*_seed are 1-6)
-SELECTION_KEY = 123
-# Draws scanned for distinct unseen problems: the config's world has 475 problems, 380 of them in the training split.
-SCAN = 20000
 
 config_flags.DEFINE_config_file("config", None, "The spark_prm config the workdir was run with (configs/*.py[:args]).",
                                 lock_config=True)
@@ -45,89 +37,6 @@ flags.DEFINE_integer("m", 12, "Generator solutions per selection problem.")
 flags.DEFINE_integer("problems", 0, "Use only the first this many selection problems (0 = all).")
 flags.DEFINE_string("out", None, "Also write the result as JSON here.")
 flags.mark_flags_as_required(["config", "workdir", "run"])
-
-
-def selection_problems(config, world, limit: int = 0) -> list:
-  """Distinct training-split problems of stream `SELECTION_STREAM` that Stage I never drew, in stream order."""
-  from sparkjax.data import arith
-  from sparkjax.pipelines import spark_prm
-
-  seen = {p.text() for p in spark_prm.stage1_problems(config, world)}
-  out, texts = [], set()
-  for i in range(SCAN):
-    p = arith.problem_at(SELECTION_STREAM, i, world)
-    if p.text() not in seen and p.text() not in texts:
-      texts.add(p.text())
-      out.append(p)
-      if limit and len(out) == limit:
-        break
-  return out
-
-
-def selection_items(config, workdir: Path, generator, world, m: int, limit: int = 0) -> list:
-  """The selection set's solutions with exact labels (`spark_prm.solutions`), kept in the workdir after the first
-  call with the same m and limit."""
-  import jax
-
-  from sparkjax.pipelines import spark_prm
-
-  path = workdir / f"selection_items-m{m}{f'-p{limit}' if limit else ''}.json"
-  if path.is_file():
-    rows = json.loads(path.read_text())
-    return [spark_prm.verify_lib.Item(*[tuple(x) if isinstance(x, list) else x for x in row]) for row in rows]
-  problems = selection_problems(config, world, limit)
-  items, _, _, _ = spark_prm.solutions(generator, problems, m, config.stage1.generate, jax.random.key(SELECTION_KEY),
-                                       "d")
-  path.write_text(json.dumps([dataclasses.astuple(it) for it in items]))
-  return items
-
-
-def run(config, workdir: Path, run_name: str, seed: int | None, m: int, limit: int) -> dict:
-  """Trains `run_name` as the pipeline would and scores it on the selection set; returns the result dict."""
-  from sparkjax.data import world_data
-  from sparkjax.data.grading import make_suffix_reward
-  from sparkjax.pipelines import arith_rl, common, spark_prm
-  from sparkjax.spark import world_verifier as wv
-  from sparkjax.train import metrics as metrics_lib
-
-  variant, _, fmt = run_name.partition(":")
-  if variant not in spark_prm.DATA_VARIANTS or fmt not in spark_prm.prm_examples.FORMATS:
-    raise ValueError(f"--run={run_name}: expected 'variant:format' with a variant in "
-                     f"{', '.join(spark_prm.DATA_VARIANTS)} and a format in "
-                     f"{', '.join(spark_prm.prm_examples.FORMATS)}")
-  stage1_file = workdir / "stage1" / f"{variant}.jsonl"
-  if not (workdir / "stage1" / "quality.json").is_file() or not stage1_file.is_file():
-    raise ValueError(f"--workdir={workdir}: no complete Stage I there ({stage1_file} or stage1/quality.json is "
-                     "missing); run the spark_prm pipeline on it first")
-  world, tokenizer = arith_rl.world_and_tokenizer(config, workdir)
-  encoder = world_data.WorldEncoder(world, tokenizer, "steps")
-  cfg = arith_rl.model_config(config, tokenizer)
-  place = common.Placement(config, cfg)
-  template, slot, once = encoder.answer_template()
-  eval_batch = place.replicate(world_data.eval_set(encoder, config.data.eval_seed, config.data.eval_size))
-  evaluate = arith_rl.make_evaluator(cfg, encoder, make_suffix_reward(template, slot, once), eval_batch,
-                                     encoder.solution_len)
-  off = metrics_lib.Writer(workdir / "tensorboard", enabled=False)
-  gen_params, _, _ = arith_rl.sft_phase(config, workdir, cfg, encoder, evaluate, off, place)  # resumes: trained
-  generator = spark_prm.text_model(gen_params, cfg, tokenizer, place, config.stage1.rows)
-  items = selection_items(config, workdir, generator, world, m, limit)
-  c = config.stage2
-  records, left_out = spark_prm.run_records(c, run_name, stage1_file)
-  if not records:
-    raise ValueError(f"--run={run_name}: no usable record in {stage1_file}")
-  plan = spark_prm.run_plan(c, variant, fmt)
-  seed = config.seed if seed is None else seed
-  t0 = time.time()
-  params, history, rows = spark_prm.train_run(c, cfg, tokenizer, gen_params, records, plan, seed)
-  target_len = wv.VerifierEncoder(world, tokenizer).target_len
-  res, _ = spark_prm.score_prm(params, cfg, tokenizer, fmt, items, c.max_new_tokens or target_len, c.score_batch)
-  return dict(run=run_name, seed=seed, steps=plan.steps, batch=plan.batch, lr=plan.optimizer.lr,
-              f1=res.get("f1"), acc_err=res.get("acc_err"), acc_cor=res.get("acc_cor"),
-              outcome_f1=res["outcome"]["f1"], selection_solutions=len(items),
-              selection_with_error=sum(not it.gold_final for it in items),
-              selection_problems=len({it.problem for it in items}), train_records=len(records), train_rows=rows,
-              left_out_records=left_out, final_loss=history[-1]["loss"] if history else None,
-              seconds=round(time.time() - t0, 1))
 
 
 def main(argv) -> int:
@@ -141,12 +50,12 @@ def main(argv) -> int:
     if f.m < 1 or f.problems < 0:
       raise ValueError(f"--m={f.m} --problems={f.problems}: expected m >= 1 and problems >= 0")
     from sparkjax import config_check
-    from sparkjax.pipelines import spark_prm
+    from sparkjax.pipelines import prm_selection, spark_prm
 
     checks = config_check.Checks(f.config)
     spark_prm.check_config(checks)
     checks.done()
-    out = run(f.config, Path(f.workdir), f.run, f.seed, f.m, f.problems)
+    out = prm_selection.run(f.config, Path(f.workdir), f.run, f.seed, f.m, f.problems)
     print(json.dumps(out))
     if f.out:
       Path(f.out).write_text(json.dumps(out, indent=2) + "\n")
