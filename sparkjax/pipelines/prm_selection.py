@@ -85,10 +85,10 @@ def run(config, workdir: Path, run_name: str, seed: int | None, m: int, limit: i
   generator = spark_prm.text_model(gen_params, cfg, tokenizer, place, config.stage1.rows)
   items = selection_items(config, workdir, generator, world, m, limit)
   c = config.stage2
-  records, left_out = spark_prm.run_records(c, run_name, stage1_file)
+  plan = spark_prm.run_plan(c, variant, fmt)
+  records, left_out = spark_prm.run_records(run_name, stage1_file, plan.label_field)
   if not records:
     raise ValueError(f"--run={run_name}: no usable record in {stage1_file}")
-  plan = spark_prm.run_plan(c, variant, fmt)
   seed = config.seed if seed is None else seed
   t0 = time.time()
   params, history, rows = spark_prm.train_run(c, cfg, tokenizer, gen_params, records, plan, seed)

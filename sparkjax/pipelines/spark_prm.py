@@ -359,14 +359,13 @@ def run_batch(c, fmt: str) -> int:
   return (c.get("format_batch") or {}).get(fmt, c.batch_size)
 
 
-def run_records(c, run: str, path) -> tuple[list[dict], int]:
-  """The usable records of a Stage II run "variant:format" from its variant's Stage-I file, and how many were left
-  out (wrong schema, or without the run's label field: a file from an older run); each kind is reported."""
-  variant, fmt = run.split(":")
+def run_records(run: str, path, label_field: str) -> tuple[list[dict], int]:
+  """The usable records of Stage II run `run` from its variant's Stage-I file, and how many were left out (wrong
+  schema, or without the run's `label_field`, `RunPlan.label_field`: a file from an older run); each kind is
+  reported."""
   records, bad = prm_examples.load_records(path)
   if bad:
     common.say(f"stage II {run}: {len(bad)} records of {path} left out: {bad[:2]}")
-  label_field = run_plan(c, variant, fmt).label_field
   unlabelled = [r.get("id") for r in records if label_field not in r]
   if unlabelled:
     common.say(f"stage II {run}: {len(unlabelled)} records of {path} have no {label_field!r} (a file from an older "
@@ -464,8 +463,8 @@ def stage2(config, workdir: Path, cfg, tokenizer, base_params, paths: dict, item
     variant, fmt = run.split(":")
     if variant not in paths:
       raise ValueError(f"config stage2.runs names {variant!r}; known data variants: {', '.join(paths)}")
-    records, left_out = run_records(c, run, paths[variant])
     plan = run_plan(c, variant, fmt)
+    records, left_out = run_records(run, paths[variant], plan.label_field)
     fingerprint = run_fingerprint(records, plan)
     if run in results and results[run].get("fingerprint") == fingerprint:
       common.say(f"stage II {run}: done before (ProcessBench F1 {_num(results[run].get('f1'))})")
